@@ -1,0 +1,61 @@
+"""Datasets: MedMNIST files, image-folder trees and the built-in synthetic demo data.
+
+``load_dataset(name, data_dir=...)`` is the one entry point; every loader returns a
+:class:`Dataset` of float32 images in [0, 1] (NCHW) and integer labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medshield.data.base import ENV_DATA_DIR, SPLITS, Dataset, ImageSet, resolve_data_dir, stratified_split
+from medshield.data.demo import chest_phantoms, load_demo
+from medshield.data.folders import load_breakhis, load_class_folders, load_covid_ct, load_kermany
+from medshield.data.medmnist import MEDMNIST_2D, download_medmnist, load_medmnist
+from medshield.errors import DataError
+from medshield.registry import unknown_name_message
+
+FOLDER_DATASETS = {"chest_xray": ("chest_xray", load_kermany), "covid_ct": ("COVID-CT", load_covid_ct),
+                   "breakhis": ("BreaKHis_v1", load_breakhis)}
+
+
+def dataset_names() -> list[str]:
+    return sorted(["demo", "folder", *MEDMNIST_2D, *FOLDER_DATASETS])
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    size: int | None = None,
+    rgb: bool = False,
+    resize: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load a dataset by name.
+
+    - ``demo``: synthetic phantoms generated in memory (``size`` default 28).
+    - a MedMNIST 2D name (``pneumoniamnist``…): ``DATA_DIR/<name>[_<size>].npz``.
+    - ``chest_xray``/``covid_ct``/``breakhis``: ``DATA_DIR/<folder>`` (or ``DATA_DIR`` itself), images
+      resized to ``size`` (default 224).
+    - ``folder``: any class-per-folder tree at ``DATA_DIR``.
+    """
+    key = name.lower().strip()
+    if key == "demo":
+        return load_demo(size=size or resize or 28, seed=seed, rgb=rgb)
+    root = resolve_data_dir(data_dir)
+    if key in MEDMNIST_2D or key.endswith("mnist"):
+        return load_medmnist(key, root, size=size or 28, rgb=rgb, resize=resize)
+    if key in FOLDER_DATASETS:
+        folder, loader = FOLDER_DATASETS[key]
+        base = root / folder if (root / folder).is_dir() else root
+        return loader(base, size=resize or size or 224, rgb=rgb, seed=seed)
+    if key == "folder":
+        return load_class_folders(root, size=resize or size or 224, rgb=rgb, seed=seed)
+    raise DataError(unknown_name_message("dataset", name, dataset_names()))
+
+
+__all__ = [
+    "ENV_DATA_DIR", "SPLITS", "Dataset", "ImageSet", "chest_phantoms", "dataset_names", "download_medmnist",
+    "load_breakhis", "load_class_folders", "load_covid_ct", "load_dataset", "load_demo", "load_kermany",
+    "load_medmnist", "resolve_data_dir", "stratified_split",
+]

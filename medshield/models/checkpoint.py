@@ -1,0 +1,99 @@
+"""Run checkpoints: ``model.safetensors`` + ``config.json``. Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from medshield.errors import CheckpointError
+from medshield.models.bounded import BoundedModel
+from medshield.models.factory import ModelConfig, create_model
+
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from medshield.types import to_jsonable
+
+    atomic_write_text(Path(path), json.dumps(to_jsonable(obj), indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} not found") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a pickle/zip checkpoint is refused with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is a pickle checkpoint; MedShield never unpickles files. Save a state dict with "
+            "safetensors.torch.save_file instead"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from exc
+
+
+def save_run(run_dir: Path, model: BoundedModel, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (model config + ``extra``) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    save_tensors(run_dir / MODEL_FILE, model.state_dict())
+    write_json(run_dir / CONFIG_FILE, {"model": model.config.to_dict(), **(extra or {})})
+
+
+def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[BoundedModel, dict[str, Any]]:
+    """Rebuild the model of a run directory (eval mode) and return it with its config."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} not found (train one with `medshield train`)")
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict) or "model" not in config:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} has no 'model' section")
+    fields = {k: v for k, v in config["model"].items() if k in ModelConfig.__dataclass_fields__}
+    cfg = ModelConfig(**fields)
+    cfg.pretrained = None  # weights come from the checkpoint
+    was_pretrained = config["model"].get("pretrained")
+    model = create_model(cfg)
+    if was_pretrained:
+        from medshield.models.factory import replace_head
+
+        replace_head(cfg.name, model.net, cfg.num_classes, cfg.dropout)
+    state = load_tensors(run_dir / MODEL_FILE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{run_dir / MODEL_FILE} does not match its config.json ({str(exc)[:200]})") from exc
+    model.config.pretrained = was_pretrained
+    return model.to(device).eval(), config

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny models and data, and the real datasets in ../shared/data (skipped if absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from medshield.models.bounded import BoundedModel
+from medshield.models.factory import ModelConfig
+
+os.environ.setdefault("MEDSHIELD_NO_PROGRESS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDSHIELD_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real MedMNIST files; tests that need them skip with a reason where they are absent."""
+    if not (SHARED_DATA / "pneumoniamnist.npz").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set MEDSHIELD_TEST_DATA to the folder holding pneumoniamnist.npz)")
+    return SHARED_DATA
+
+
+class TinyNet(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 4 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        h = nn.functional.adaptive_avg_pool2d(h, 4)
+        return self.fc(h.flatten(1))
+
+
+def tiny_model(in_channels: int = 1, num_classes: int = 2, seed: int = 0) -> BoundedModel:
+    """A tiny deterministic CNN in a BoundedModel (eval mode)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BoundedModel(TinyNet(in_channels, num_classes), num_classes)
+    model.config = ModelConfig(name="tiny", in_channels=in_channels, num_classes=num_classes)  # type: ignore[assignment]
+    return model.eval()
+
+
+@pytest.fixture
+def tiny() -> BoundedModel:
+    return tiny_model()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
