@@ -113,6 +113,18 @@ def demo(
 
 
 @app.command()
+@user_errors
+def download(
+    dataset: Dataset,
+    data_dir: DataDir = None,
+) -> None:
+    """Download a 28x28 MedMNIST file and verify its MD5 (needs a network)."""
+    from medshield.data import download_medmnist, resolve_data_dir
+
+    typer.echo(str(download_medmnist(dataset.lower(), resolve_data_dir(data_dir))))
+
+
+@app.command()
 def datasets() -> None:
     """List dataset names."""
     from medshield.data import dataset_names
