@@ -131,11 +131,15 @@ def download_medmnist(name: str, data_dir: Path) -> Path:
     target = Path(data_dir) / medmnist_filename(name, 28)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".part")
-    with urllib.request.urlopen(ZENODO_URL.format(name=name), timeout=60) as resp, open(tmp, "wb") as out:  # noqa: S310
-        digest = hashlib.md5()  # noqa: S324 - MedMNIST publishes MD5
-        for chunk in iter(lambda: resp.read(1 << 20), b""):
-            digest.update(chunk)
-            out.write(chunk)
+    digest = hashlib.md5()  # noqa: S324 - MedMNIST publishes MD5
+    try:
+        with urllib.request.urlopen(ZENODO_URL.format(name=name), timeout=60) as resp, open(tmp, "wb") as out:  # noqa: S310
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"download of {name} failed ({exc}); put {target.name} in {data_dir} by hand") from exc
     if digest.hexdigest() != info.md5_28:
         tmp.unlink(missing_ok=True)
         raise DataError(f"checksum mismatch for {name}: got {digest.hexdigest()}, expected {info.md5_28}")
