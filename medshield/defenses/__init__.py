@@ -1,0 +1,1 @@
+"""Defenses: training-time hooks (AT, ANT, noise) and inference-time model wrappers."""
