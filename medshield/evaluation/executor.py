@@ -1,0 +1,115 @@
+"""Run a campaign's independent jobs inline, in a local process pool, or on a Ray cluster.
+
+A :class:`Job` names its function by import path (``"package.module:function"``) with JSON-able
+keyword arguments, so it travels to any worker; each job is deterministic from its arguments, so
+results are identical whichever executor ran them. Finished jobs are kept in a
+:class:`RecordStore` and skipped on re-run (kill a campaign, run it again, it continues).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from medshield.errors import MedShieldError
+from medshield.evaluation.store import RecordStore
+from medshield.progress import progress_bar
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    fn: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_job(fn: str, kwargs: dict[str, Any], threads: int | None = None) -> Any:
+    """Worker entry point: limit torch threads, import the function, call it."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return resolve(fn)(**kwargs)
+
+
+def run_jobs(
+    jobs: Iterable[Job],
+    store: RecordStore,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    description: str = "jobs",
+) -> list[Any]:
+    """Run the jobs not yet in ``store``; returns every job's record in job order."""
+    jobs = list(jobs)
+    if len({j.key for j in jobs}) != len(jobs):
+        raise ValueError("job keys must be unique")
+    todo = [j for j in jobs if j.key not in store]
+    if executor not in EXECUTORS:
+        raise MedShieldError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    with progress_bar(description, len(jobs)) as advance:
+        advance(len(jobs) - len(todo))
+        if executor == "ray":
+            _run_ray(todo, store, workers, address, advance)
+        elif workers == 1:
+            for job in todo:
+                store.put(job.key, run_job(job.fn, job.kwargs))
+                advance(1, info=job.key)
+        else:
+            _run_pool(todo, store, workers, advance)
+    return [store.get(j.key) for j in jobs]
+
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callable[..., None]) -> None:
+    import multiprocessing as mp
+
+    threads = _threads_per_worker(workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        pending = {pool.submit(run_job, j.fn, j.kwargs, threads): j for j in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = pending.pop(future)
+                store.put(job.key, future.result())
+                advance(1, info=job.key)
+
+
+def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | None, advance: Callable[..., None]) -> None:
+    try:
+        import ray
+    except ImportError as exc:
+        raise MedShieldError("--executor ray needs Ray: pip install 'medshield[ray]'") from exc
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=1)(run_job)
+        threads = 1 if address else _threads_per_worker(workers)
+        pending = {remote.remote(j.fn, j.kwargs, threads): j for j in todo}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                store.put(job.key, ray.get(ref))
+                advance(1, info=job.key)
+    finally:
+        if started:
+            ray.shutdown()

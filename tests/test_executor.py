@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medshield.evaluation.executor import Job, run_jobs
+from medshield.evaluation.store import RecordStore
+
+
+def square(x: int) -> dict[str, int]:
+    return {"x": x, "y": x * x}
+
+
+JOBS = [Job(f"j{i}", "test_executor:square", {"x": i}) for i in range(4)]
+
+
+def test_inline_and_resume(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "s.json")
+    store.put("j1", {"x": 1, "y": -1})  # a finished job is not recomputed
+    out = run_jobs(JOBS, store)
+    assert [r["y"] for r in out] == [0, -1, 4, 9]
+
+
+def test_process_pool_matches_inline(tmp_path: Path) -> None:
+    inline = run_jobs(JOBS, RecordStore(tmp_path / "a.json"))
+    pooled = run_jobs(JOBS, RecordStore(tmp_path / "b.json"), workers=2)
+    assert inline == pooled
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unique"):
+        run_jobs([JOBS[0], JOBS[0]], RecordStore(tmp_path / "c.json"))
+    with pytest.raises(Exception, match="unknown executor"):
+        run_jobs(JOBS, RecordStore(tmp_path / "c.json"), executor="dask")
