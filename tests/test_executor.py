@@ -33,3 +33,11 @@ def test_bad_arguments(tmp_path: Path) -> None:
         run_jobs([JOBS[0], JOBS[0]], RecordStore(tmp_path / "c.json"))
     with pytest.raises(Exception, match="unknown executor"):
         run_jobs(JOBS, RecordStore(tmp_path / "c.json"), executor="dask")
+
+
+@pytest.mark.slow
+def test_ray_matches_inline(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'medshield[ray]'")
+    inline = run_jobs(JOBS, RecordStore(tmp_path / "a.json"))
+    on_ray = run_jobs(JOBS, RecordStore(tmp_path / "r.json"), executor="ray", workers=2)
+    assert inline == on_ray

@@ -97,9 +97,13 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
     except ImportError as exc:
         raise MedShieldError("--executor ray needs Ray: pip install 'medshield[ray]'") from exc
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+    if started and address:
+        ray.init(address=address, log_to_driver=False)
+    elif started:  # a local instance on loopback only; workers see this process's import path
+        import sys
+
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
         remote = ray.remote(num_cpus=1)(run_job)
         threads = 1 if address else _threads_per_worker(workers)
