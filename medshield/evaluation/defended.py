@@ -1,0 +1,52 @@
+"""What an inference-time defense costs on clean inputs: accuracy, AUC, prediction flip rate.
+
+The thesis reports only robustness; users also need to know how often the noisy model changes a
+clean diagnosis. ``flip_rate`` is the fraction of clean queries whose defended label differs from
+the undefended model's label, averaged over ``repeats`` passes over the split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medshield.data import Dataset
+from medshield.defenses.inference import defend
+from medshield.evaluation.metrics import point_metrics
+from medshield.models.bounded import predict, predict_labels, probabilities
+
+
+def defended_clean_metrics(model: nn.Module, ds: Dataset, defense: str, params: dict[str, float],
+                           split: str = "test", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Clean accuracy/AUC of ``defend(model, defense, **params)`` (mean over repeats) and flip rate."""
+    part = ds.split(split)
+    x, y = part.images(), part.labels
+    clean_labels = predict_labels(predict(model, x))
+    wrapped = defend(model, defense, seed=seed, **params) if defense != "none" else model
+    accs, aucs, flips = [], [], []
+    for _ in range(repeats if defense != "none" else 1):
+        logits = predict(wrapped, x)
+        m = point_metrics(y.numpy(), probabilities(logits).numpy(), ds.positive_class)
+        accs.append(m["accuracy"])
+        aucs.append(m["auc"])
+        flips.append(float((predict_labels(logits) != clean_labels).float().mean()))
+    return {"defense": defense, **params, "split": split, "repeats": len(accs),
+            "accuracy": sum(accs) / len(accs), "auc": sum(aucs) / len(aucs), "flip_rate": sum(flips) / len(flips)}
+
+
+def tradeoff_curve(model: nn.Module, ds: Dataset, grid: dict[str, list[dict[str, float]]],
+                   split: str = "test", repeats: int = 3, seed: int = 0) -> list[dict[str, Any]]:
+    """Clean metrics for each defense setting in ``grid`` (e.g. ``{"rnd": [{"nu": 0.01}, ...]}``)."""
+    records = [defended_clean_metrics(model, ds, "none", {}, split, 1, seed)]
+    for defense, settings in grid.items():
+        records += [defended_clean_metrics(model, ds, defense, p, split, repeats, seed) for p in settings]
+    return records
+
+
+def pick_parameters(records: list[dict[str, Any]], defense: str, key: str, max_drop: float = 0.02) -> dict[str, Any] | None:
+    """The strongest setting of ``defense`` (largest ``key``) whose clean accuracy drop is <= ``max_drop``."""
+    base = next(r["accuracy"] for r in records if r["defense"] == "none")
+    ok = [r for r in records if r["defense"] == defense and base - r["accuracy"] <= max_drop]
+    return max(ok, key=lambda r: r[key]) if ok else None
