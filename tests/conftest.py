@@ -54,3 +54,15 @@ def tiny() -> BoundedModel:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> BoundedModel:
+    """``smallcnn`` trained for 2 epochs on the synthetic demo data (accuracy > 0.9), eval mode."""
+    from medshield.api import train
+    from medshield.models import load_run
+    from medshield.models.train import TrainConfig
+
+    run = tmp_path_factory.mktemp("demo_model") / "run"
+    train("demo", run, train_config=TrainConfig(epochs=2, batch_size=64, seed=0))
+    return load_run(run)[0]
