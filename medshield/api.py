@@ -146,3 +146,118 @@ def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, overwrit
 
 def run_info(run: str | Path) -> dict[str, Any]:
     return read_json(Path(run) / CONFIG_FILE)
+
+
+# ---- white-box attacks and transferability (issue 3) ----
+
+def _split_names(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _eval_images(ds: Dataset, split: str, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation images: the whole split, or ``n`` of them drawn with ``seed`` (same for every run)."""
+    part = ds.split(split)
+    if n is None or n >= len(part):
+        return part.images(), part.labels
+    if n < 1:
+        raise MedShieldError(f"--n must be >= 1, got {n}")
+    idx = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return part.get(idx)
+
+
+def attack(
+    runs: str | list[str],
+    out: str | Path,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    attacks: str | list[str] = "fgsm,bim,pgd,mifgsm,cw",
+    eps: str | list[float] = "0.5/255,1/255,2/255,4/255,8/255",
+    norm: str = "linf",
+    split: str = "test",
+    n: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    direction: str = "both",
+    attack_kwargs: dict[str, dict[str, Any]] | None = None,
+    grid: bool = True,
+) -> list[dict[str, Any]]:
+    """White-box evaluation of one or more runs (several runs, e.g. grey and RGB, are reported side by
+    side); resumable. Writes ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
+    from medshield.attacks import ATTACKS
+    from medshield.evaluation.store import RecordStore
+    from medshield.evaluation.whitebox import WhiteboxJob, parse_eps, run_whitebox
+    from medshield.report.whitebox import write_whitebox_report
+    from medshield.types import Norm
+
+    names = _split_names(attacks)
+    for name in names:
+        ATTACKS.get(name)
+    job = WhiteboxJob(attacks=names, eps=parse_eps(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
+                      direction=direction, attack_kwargs=attack_kwargs or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = RecordStore(out / "whitebox_jobs.json")
+    records, loaded = [], {}
+    for run in _split_names(runs):
+        model, ds, config = load_run_and_data(run, dataset, data_dir)
+        x, y = _eval_images(ds, split, n, seed)
+        meta = {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
+                "channels": ds.channels}
+        records += run_whitebox(model, x, y, job, positive_class=ds.positive_class, store=store, meta=meta)
+        loaded[Path(run).name] = (model, ds, x, y)
+    write_json(out / "whitebox.json", records)
+    write_whitebox_report(records, out, loaded if grid else {}, job)
+    return records
+
+
+def transfer(
+    sources: str | list[str],
+    out: str | Path,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    attack_name: str = "mifgsm",
+    eps: str | float = "2/255",
+    norm: str = "linf",
+    split: str = "test",
+    n: int | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Source x target transfer matrix; writes ``OUT/transfer.json``, ``transfer.md`` and ``transfer.png``."""
+    from medshield.attacks import create_attack
+    from medshield.evaluation.store import RecordStore
+    from medshield.evaluation.transfer import accuracy_matrix, transfer_records
+    from medshield.evaluation.whitebox import eps_label, parse_eps
+    from medshield.report import heatmap, pivot_table
+
+    runs = _split_names(sources)
+    if len(runs) < 2:
+        raise MedShieldError("transfer needs at least two --source runs")
+    eps_values = parse_eps(eps)
+    if len(eps_values) != 1:
+        raise MedShieldError("transfer takes one eps")
+    models, ds = {}, None
+    for run in runs:
+        model, ds, _ = load_run_and_data(run, dataset, data_dir)
+        models[Path(run).name] = model
+    assert ds is not None
+    x, y = _eval_images(ds, split, n, seed)
+    atk = create_attack(attack_name, norm=norm)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"attack": attack_name, "norm": norm, "dataset": ds.name, "split": split, "eps_label": eps_label(eps_values[0])}
+    records = transfer_records(models, x, y, atk, eps_values[0], positive_class=ds.positive_class,
+                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json"), meta=meta)
+    names, matrix = accuracy_matrix(records)
+    write_json(out / "transfer.json", {"records": records, "names": names, "robust_accuracy": matrix,
+                                        "clean_accuracy": {r["target"]: r["clean_accuracy"] for r in records}})
+    title = f"{attack_name} eps={eps_label(eps_values[0])}: target accuracy on source's adversarials"
+    table = pivot_table(records, ["source"], "target", "robust_accuracy", fmt=lambda v: f"{100 * v:.2f}%",
+                        row_headers=["source \\ target"])
+    clean = pivot_table([{"source": "(clean)", "target": r["target"], "clean_accuracy": r["clean_accuracy"]}
+                         for r in records], ["source"], "target", "clean_accuracy", fmt=lambda v: f"{100 * v:.2f}%",
+                        row_headers=["source \\ target"])
+    (out / "transfer.md").write_text(f"## {title}\n\n{table}\n{clean}")
+    heatmap(matrix, names, names, out / "transfer.png", title=title, xlabel="target", ylabel="source")
+    return records

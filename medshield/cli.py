@@ -140,6 +140,57 @@ def models() -> None:
     typer.echo("\n".join(model_names()))
 
 
+@app.command()
+@user_errors
+def attack(
+    run: Annotated[str, typer.Option("--run", help="Run directory; several comma-separated runs (e.g. grey,RGB) are compared side by side.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
+    data_dir: DataDir = None,
+    attacks: Annotated[str, typer.Option("--attack", help="Comma-separated: fgsm,fgsm_iter,bim,pgd,mifgsm,cw.")] = "fgsm,bim,pgd,mifgsm,cw",
+    eps: Annotated[str, typer.Option("--eps", help="Comma-separated budgets; fractions like 2/255 allowed.")] = "0.5/255,1/255,2/255,4/255,8/255",
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    n: Annotated[int | None, typer.Option("--n", help="Attack n images drawn with --seed (default: all).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
+    direction: Annotated[str, typer.Option(help="both, disease_to_normal (missed diagnosis) or normal_to_disease (fraud).")] = "both",
+    steps: Annotated[int | None, typer.Option(help="Iterations of the iterative attacks (default: each attack's own).")] = None,
+    seed: Seed = 0,
+) -> None:
+    """White-box attacks x eps; writes OUT/whitebox.json, whitebox.md, robust_vs_eps.png, grid.png."""
+    from medshield import api
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
+    records = api.attack(run, out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
+                         n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs)
+    keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
+    emit({"records": [{k: r[k] for k in keys} for r in records], "out": str(out)})
+
+
+@app.command()
+@user_errors
+def transfer(
+    source: Annotated[str, typer.Option("--source", help="Comma-separated run directories (sources and targets).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the runs' dataset.")] = None,
+    data_dir: DataDir = None,
+    attack_name: Annotated[str, typer.Option("--attack", help="Attack used on each source.")] = "mifgsm",
+    eps: Annotated[str, typer.Option("--eps", help="Budget, e.g. 2/255.")] = "2/255",
+    norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    n: Annotated[int | None, typer.Option("--n", help="Use n images drawn with --seed (default: all).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
+    seed: Seed = 0,
+) -> None:
+    """Transfer matrix: adversarials made on each source, accuracy of every target; writes OUT/transfer.json."""
+    from medshield import api
+
+    records = api.transfer(source, out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
+                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed)
+    emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDSHIELD_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
     app()

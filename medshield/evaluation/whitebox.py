@@ -1,0 +1,181 @@
+"""White-box evaluation: every attack x eps on a model and a set of images, as JSON records.
+
+Records hold clean vs robust accuracy, sensitivity/specificity under attack, the success rate, the
+perturbation sizes, time and queries, a clinical per-direction breakdown and sanity checks. With a
+:class:`RecordStore` a rerun skips finished attack x eps jobs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import nn
+
+from medshield.attacks import Attack, MinimizationAttack, create_attack
+from medshield.attacks.base import model_bounds
+from medshield.evaluation.checks import check_result, merge_checks, model_checks
+from medshield.evaluation.metrics import classification_metrics
+from medshield.evaluation.store import RecordStore
+from medshield.models import eval_mode, predict, predict_labels, probabilities
+from medshield.progress import progress_bar
+from medshield.types import AttackResult, Norm
+
+DIRECTIONS = ("both", "disease_to_normal", "normal_to_disease")
+
+
+def parse_eps(text: str | float | Sequence[str | float]) -> list[float]:
+    """``"0.5/255,2/255,0.03"`` -> floats; fractions, decimals and lists are accepted."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    out = []
+    for item in items:
+        s = str(item).strip()
+        if not s:
+            continue
+        if not re.fullmatch(r"[0-9.eE+-]+(/[0-9.eE+-]+)?", s):
+            raise ValueError(f"cannot parse eps {s!r}; use numbers or fractions like 2/255")
+        num, _, den = s.partition("/")
+        value = float(Fraction(num) / Fraction(den)) if den else float(s)
+        if value < 0:
+            raise ValueError(f"eps must be >= 0, got {s}")
+        out.append(value)
+    if not out:
+        raise ValueError("no eps given")
+    return out
+
+
+def eps_label(eps: float) -> str:
+    """``2/255`` when eps is a multiple of 1/510, else the decimal."""
+    k = eps * 255
+    return f"{k:g}/255" if abs(k * 2 - round(k * 2)) < 1e-6 else f"{eps:.4g}"
+
+
+def select_direction(labels: torch.Tensor, direction: str, positive_class: int | None) -> torch.Tensor:
+    """Indices of the images to attack: all, only diseased (disease->normal) or only normal (normal->disease)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; use one of {', '.join(DIRECTIONS)}")
+    if direction == "both":
+        return torch.arange(labels.shape[0])
+    if positive_class is None:
+        raise ValueError("a clinical direction needs a binary dataset with a positive (disease) class")
+    want = labels == positive_class if direction == "disease_to_normal" else labels != positive_class
+    return want.nonzero().squeeze(1)
+
+
+def run_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None,
+                batch_size: int, seed: int, advance=None) -> AttackResult:
+    """Run ``attack`` over ``x`` in batches on the model's device; one generator seeded with ``seed``."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    parts: list[AttackResult] = []
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        parts.append(attack.attack(model, xb.to(device), yb.to(device), eps=eps, generator=gen))
+        if advance:
+            advance(xb.shape[0])
+    cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
+    return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
+                        queries=cat("queries"), seconds=sum(p.seconds for p in parts),
+                        extras={"logits": torch.cat([p.extras["logits"].cpu() for p in parts])})
+
+
+def rebudget(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: AttackResult, eps: float,
+             norm: Norm, batch_size: int) -> AttackResult:
+    """Clip a minimisation attack's unbounded result to ``eps`` in ``norm`` (one forward pass per batch)."""
+    device = next(model.parameters()).device
+    parts = [attack.finalize(model, xb.to(device), yb.to(device), ab.to(device), eps, False, qb.to(device), norm=norm)
+             for xb, yb, ab, qb in zip(x.split(batch_size), y.split(batch_size), raw.adversarial.split(batch_size),
+                                        raw.queries.split(batch_size))]
+    cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
+    return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
+                        queries=cat("queries"), seconds=raw.seconds,
+                        extras={"logits": torch.cat([p.extras["logits"].cpu() for p in parts])})
+
+
+def direction_breakdown(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor,
+                        positive_class: int | None) -> dict[str, dict[str, Any]]:
+    """Per clinical direction: among correctly classified images of the source class, how many flipped."""
+    if positive_class is None:
+        return {}
+    out = {}
+    for name, mask in (("disease_to_normal", labels == positive_class), ("normal_to_disease", labels != positive_class)):
+        correct = mask & (clean_pred == labels)
+        flipped = correct & (adv_pred != labels)
+        n_correct = int(correct.sum())
+        out[name] = {"n": int(mask.sum()), "clean_correct": n_correct, "flipped": int(flipped.sum()),
+                     "flip_rate": int(flipped.sum()) / n_correct if n_correct else None,
+                     "robust_accuracy": float((adv_pred[mask] == labels[mask]).float().mean()) if mask.any() else None}
+    return out
+
+
+def summarise(result: AttackResult, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor,
+              positive_class: int | None, eps: float | None, norm: Norm) -> dict[str, Any]:
+    """The record fields computed from one attack result."""
+    clean_pred, adv_pred = predict_labels(clean_logits), predict_labels(result.extras["logits"])
+    correct = clean_pred == y
+    adv_metrics = classification_metrics(y, probabilities(result.extras["logits"]), positive_class, n_bootstrap=0)
+    return {
+        "n": int(x.shape[0]),
+        "clean_accuracy": float(correct.float().mean()),
+        "robust_accuracy": float((adv_pred == y).float().mean()),
+        "success_rate": float((correct & (adv_pred != y)).sum()) / max(int(correct.sum()), 1),
+        "sensitivity": adv_metrics.get("sensitivity"), "specificity": adv_metrics.get("specificity"),
+        "mean_linf": float(result.linf.mean()), "max_linf": float(result.linf.max()) if x.shape[0] else 0.0,
+        "mean_l2": float(result.l2.mean()), "max_l2": float(result.l2.max()) if x.shape[0] else 0.0,
+        "queries_per_image": float(result.queries.float().mean()) if x.shape[0] else 0.0,
+        "seconds": result.seconds, "images_per_second": x.shape[0] / result.seconds if result.seconds else None,
+        "directions": direction_breakdown(y, clean_pred, adv_pred, positive_class),
+        "checks": check_result(result, x, eps, norm),
+    }
+
+
+@dataclass
+class WhiteboxJob:
+    """What to run: attack names x eps values, in one norm, with per-attack constructor kwargs."""
+
+    attacks: list[str]
+    eps: list[float]
+    norm: Norm = Norm.LINF
+    batch_size: int = 128
+    seed: int = 0
+    direction: str = "both"
+    attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: WhiteboxJob, *,
+                 positive_class: int | None = None, store: RecordStore | None = None,
+                 meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run every attack x eps of ``job`` on ``(x, y)``; returns records (and keeps them in ``store``)."""
+    meta = dict(meta or {})
+    idx = select_direction(y, job.direction, positive_class)
+    x, y = x[idx], y[idx]
+    clean_logits = predict(model, x)
+    base_checks = model_checks(model, x[:16].to(next(model.parameters()).device), y[:16])
+    tag = meta.get("run", "model")
+    records, raw_cache = [], {}
+    total = len(job.attacks) * len(job.eps) * x.shape[0]
+    with eval_mode(model), progress_bar(f"white-box {tag}", total) as advance:
+        for name in job.attacks:
+            attack = create_attack(name, norm=job.norm, **job.attack_kwargs.get(name, {}))
+            for eps in job.eps:
+                key = f"{tag}|{name}|{job.norm}|{job.direction}|{eps:.8g}"
+
+                def compute(attack: Attack = attack, eps: float = eps, name: str = name) -> dict[str, Any]:
+                    if isinstance(attack, MinimizationAttack):
+                        if name not in raw_cache:
+                            raw_cache[name] = run_batched(attack, model, x, y, None, job.batch_size, job.seed)
+                        result = rebudget(attack, model, x, y, raw_cache[name], eps, job.norm, job.batch_size)
+                    else:
+                        result = run_batched(attack, model, x, y, eps, job.batch_size, job.seed)
+                    rec = summarise(result, x, y, clean_logits, positive_class, eps, job.norm)
+                    rec["checks"] = merge_checks(base_checks, rec["checks"])
+                    return {**meta, "attack": name, "eps": eps, "eps_label": eps_label(eps), "norm": str(job.norm),
+                            "direction": job.direction, "attack_config": repr(attack), **rec}
+
+                rec = store.get_or_run(key, compute) if store is not None else compute()
+                records.append(rec)
+                advance(x.shape[0], info=f"{name} eps={eps_label(eps)} robust={rec['robust_accuracy']:.3f}")
+    return records

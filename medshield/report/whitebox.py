@@ -1,0 +1,69 @@
+"""The white-box report: Markdown tables (as the thesis's Tables 3-3..3-6), the robust-accuracy-vs-eps
+plot and an adversarial image grid, all rendered from the records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medshield.attacks import create_attack
+from medshield.models import predict, probabilities
+from medshield.report.grids import adversarial_grid
+from medshield.report.plots import line_plot
+from medshield.report.tables import markdown_table, percent, pivot_table
+
+PCT = {k: percent for k in ("clean_accuracy", "robust_accuracy", "success_rate", "sensitivity", "specificity",
+                            "directions.disease_to_normal.flip_rate", "directions.normal_to_disease.flip_rate")}
+MAIN = [("run", "run"), ("attack", "attack"), ("eps_label", "eps"), ("norm", "norm"), ("clean_accuracy", "clean acc"),
+        ("robust_accuracy", "robust acc"), ("success_rate", "success"), ("sensitivity", "sens. (adv)"),
+        ("specificity", "spec. (adv)"), ("mean_linf", "mean L∞"), ("mean_l2", "mean L2"), ("seconds", "s")]
+DIRS = [("run", "run"), ("attack", "attack"), ("eps_label", "eps"),
+        ("directions.disease_to_normal.flip_rate", "disease→normal (missed diagnosis)"),
+        ("directions.disease_to_normal.clean_correct", "n"),
+        ("directions.normal_to_disease.flip_rate", "normal→disease (fraud)"),
+        ("directions.normal_to_disease.clean_correct", "n")]
+
+
+def whitebox_markdown(records: list[dict[str, Any]]) -> str:
+    fmts = {**PCT, "mean_linf": lambda v: f"{255 * v:.2f}/255", "mean_l2": ".3f", "seconds": ".1f"}
+    parts = ["## White-box attacks\n", markdown_table(records, MAIN, fmts)]
+    if any(r.get("directions") for r in records):
+        parts += ["\n## Clinical direction (flip rate among correctly classified images of the source class)\n",
+                  markdown_table(records, DIRS, fmts)]
+    if len({r["run"] for r in records}) > 1:
+        rows = [{**r, "col": f"{r['run']} ({r.get('channels', '?')}ch)"} for r in records]
+        parts += ["\n## Robust accuracy side by side (e.g. grey vs RGB)\n",
+                  pivot_table(rows, ["attack", "eps_label"], "col", "robust_accuracy", fmt=percent,
+                              row_headers=["attack", "eps"])]
+    failed = sorted({f"{r['run']}: {name}: {c['detail']}" for r in records for name, c in r.get("checks", {}).items() if not c["ok"]})
+    parts += ["\n## Sanity checks\n", "\n".join(f"- FAILED {f}" for f in failed) + "\n" if failed else "All checks passed.\n"]
+    return "".join(parts)
+
+
+def write_whitebox_report(records: list[dict[str, Any]], out: Path, loaded: Mapping[str, tuple], job: Any) -> None:
+    """``whitebox.md``, ``robust_vs_eps.png`` and (when models are given) ``grid.png`` in ``out``."""
+    (out / "whitebox.md").write_text(whitebox_markdown(records))
+    multi = len({r["run"] for r in records}) > 1
+    line_plot(records, "eps", "robust_accuracy", ["run", "attack"] if multi else "attack", out / "robust_vs_eps.png",
+              xlabel="eps (x/255)", ylabel="robust accuracy", x_scale=255, baseline="clean_accuracy",
+              title="Robust accuracy vs perturbation budget")
+    if loaded:
+        run, (model, ds, x, y) = next(iter(loaded.items()))
+        write_grid(model, ds, x, y, job, out / "grid.png", run)
+
+
+def write_grid(model, ds, x: torch.Tensor, y: torch.Tensor, job: Any, path: Path, run: str, per_class: int = 2) -> Path:
+    """Grid for the strongest listed gradient attack at the budget closest to 2/255, ``per_class`` images per class."""
+    name = next((a for a in ("pgd", "mifgsm", "bim", "fgsm") if a in job.attacks), job.attacks[0])
+    eps = min(job.eps, key=lambda e: abs(e - 2 / 255))
+    idx = torch.cat([(y == c).nonzero().squeeze(1)[:per_class] for c in y.unique()])
+    xs, ys = x[idx], y[idx]
+    device = next(model.parameters()).device
+    res = create_attack(name, norm=job.norm).attack(model, xs.to(device), ys.to(device), eps=eps,
+                                                   generator=torch.Generator(device=device).manual_seed(job.seed))
+    return adversarial_grid(xs, res.adversarial.cpu(), probabilities(predict(model, xs)),
+                            probabilities(predict(model, res.adversarial.cpu())), path, class_names=ds.class_names,
+                            true_labels=ys, title=f"{run}: {name} eps={255 * eps:g}/255")
