@@ -67,6 +67,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     extra_config: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a model and evaluate it on the test split; writes ``model.safetensors``, ``config.json``
     and ``metrics.json`` (``{"test": {...}, "train_seconds": ...}``) into ``out``."""
@@ -80,6 +81,8 @@ def train(
         raise MedShieldError("--single-logit needs a binary dataset")
     with seeded(cfg.seed):
         net = create_model(mcfg)
+    if init_from:
+        _init_weights(net, Path(init_from))
     config = {"data": {"dataset": dataset, "size": size, "rgb": rgb, "resize": resize, "seed": cfg.seed,
                        **ds.summary()}, "train": cfg.__dict__, **(extra_config or {})}
     write_json(out / CONFIG_FILE, {"model": net.config.to_dict(), **config})
@@ -97,6 +100,15 @@ def train(
     }
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _init_weights(net: BoundedModel, run: Path) -> None:
+    """Start from a trained run's weights (fine-tuning); the architectures must match."""
+    source, _ = load_run(run)
+    try:
+        net.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise MedShieldError(f"--init-from {run}: its model does not match ({str(exc)[:120]})") from exc
 
 
 def evaluate_model(model: BoundedModel, ds: Dataset, split: str = "test", seed: int = 0,
@@ -260,4 +272,75 @@ def transfer(
                         row_headers=["source \\ target"])
     (out / "transfer.md").write_text(f"## {title}\n\n{table}\n{clean}")
     heatmap(matrix, names, names, out / "transfer.png", title=title, xlabel="target", ylabel="source")
+    return records
+
+
+# ---- white-box defenses: AT, ANT, noise training (issue 4) ----
+
+def defend(
+    dataset: str,
+    out: str | Path,
+    defense: str,
+    model: str = "smallcnn",
+    data_dir: str | Path | None = None,
+    train_attack: str = "mifgsm",
+    train_eps: str | float = "2/255",
+    train_steps: int | None = None,
+    norm: str = "linf",
+    source: str = "online",
+    source_run: str | Path | None = None,
+    init_from: str | Path | None = None,
+    noise_mean: float = 0.0,
+    noise_sigma: float = 0.05,
+    train_config: TrainConfig | None = None,
+    eval_attacks: str = "fgsm,bim,mifgsm,pgd",
+    eval_eps: str = "2/255",
+    eval_n: int | None = None,
+    pgd_restarts: int = 3,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Train a defended model (``at``, ``ant``, ``noise`` or ``none``) and evaluate it white-box against
+    every attack (PGD with restarts included); writes the run plus ``OUT/defense.json``."""
+    from medshield.defenses.training import build_training_hook
+    from medshield.evaluation.defense import defense_records
+    from medshield.evaluation.whitebox import parse_eps
+
+    eps = parse_eps(train_eps)[0]
+    hook_spec = {"defense": defense, "train_attack": train_attack if defense in ("at", "ant") else None,
+                 "train_eps": eps, "train_steps": train_steps, "norm": norm, "source": source,
+                 "source_run": str(source_run) if source_run else None, "init_from": str(init_from) if init_from else None,
+                 "noise_mean": noise_mean, "noise_sigma": noise_sigma}
+    fixed = load_run(Path(source_run))[0] if source == "fixed" and source_run else None
+    hook = build_training_hook(defense, train_attack, eps, norm=norm, steps=train_steps, source=source,
+                               fixed_model=fixed, mean=noise_mean, sigma=noise_sigma)
+    out = Path(out)
+    metrics = train(dataset, out, model=model, data_dir=data_dir, train_config=train_config, hook=hook,
+                    resume=resume, overwrite=overwrite, init_from=init_from, extra_config={"defense": hook_spec})
+    whitebox = attack(str(out), out / "eval", dataset=dataset, data_dir=data_dir, attacks=eval_attacks,
+                      eps=eval_eps, norm=norm, n=eval_n, seed=train_config.seed if train_config else 0,
+                      attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False)
+    records = defense_records(whitebox, hook_spec, metrics)
+    write_json(out / "defense.json", records)
+    return records
+
+
+def defense_report(runs: str | list[str], out: str | Path) -> list[dict[str, Any]]:
+    """Combine defended runs' ``defense.json`` into ``OUT/defense.json``, ``defense.md``, the bar chart
+    (thesis Fig. 4-5) and training curves (Fig. 4-6)."""
+    from medshield.report.defense import write_defense_report
+
+    records, histories = [], {}
+    for run in _split_names(runs):
+        path = Path(run) / "defense.json"
+        if not path.is_file():
+            raise MedShieldError(f"{path} not found: train it with `medshield defend ... --out {run}`")
+        run_records = read_json(path)
+        records += run_records
+        label = run_records[0]["label"] if run_records else Path(run).name
+        histories[label] = read_json(Path(run) / "metrics.json").get("history", [])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "defense.json", records)
+    write_defense_report(records, histories, out)
     return records

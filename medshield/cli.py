@@ -191,6 +191,59 @@ def transfer(
     emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
 
 
+@app.command()
+@user_errors
+def defend(
+    dataset: Dataset,
+    out: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
+    defense: Annotated[str, typer.Option(help="at, ant, noise or none.")],
+    model: Annotated[str, typer.Option(help="smallcnn, resnet18, resnet50, densenet121")] = "smallcnn",
+    data_dir: DataDir = None,
+    train_attack: Annotated[str, typer.Option(help="Attack that makes the training adversarials.")] = "mifgsm",
+    train_eps: Annotated[str, typer.Option(help="Training eps, e.g. 2/255.")] = "2/255",
+    train_steps: Annotated[int | None, typer.Option(help="Steps of the training attack.")] = None,
+    source: Annotated[str, typer.Option(help="online (current model, Madry) or fixed (a pre-trained run).")] = "online",
+    source_run: Annotated[Path | None, typer.Option(help="Pre-trained run attacked when --source fixed.")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="Start from this run's weights (fine-tune).")] = None,
+    noise_mean: Annotated[float, typer.Option(help="Gaussian noise mean (ant, noise).")] = 0.0,
+    noise_sigma: Annotated[float, typer.Option(help="Gaussian noise std (ant, noise).")] = 0.05,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    eval_attacks: Annotated[str, typer.Option(help="Attacks for the evaluation.")] = "fgsm,bim,mifgsm,pgd",
+    eval_eps: Annotated[str, typer.Option(help="Evaluation eps values.")] = "2/255",
+    eval_n: Annotated[int | None, typer.Option(help="Evaluate on N test images (default all).")] = None,
+    seed: Seed = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
+) -> None:
+    """Train a defended model (AT, ANT, noise) and evaluate it against every attack: OUT/defense.json."""
+    from medshield import api
+    from medshield.models.train import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    records = api.defend(dataset, out, defense, model=model, data_dir=data_dir, train_attack=train_attack,
+                         train_eps=train_eps, train_steps=train_steps, source=source, source_run=source_run,
+                         init_from=init_from, noise_mean=noise_mean, noise_sigma=noise_sigma, train_config=cfg,
+                         eval_attacks=eval_attacks, eval_eps=eval_eps, eval_n=eval_n, resume=resume,
+                         overwrite=overwrite)
+    emit([{k: r[k] for k in ("label", "eval_attack", "eps_label", "clean_accuracy", "robust_accuracy")} for r in records])
+
+
+@app.command("defense-report")
+@user_errors
+def defense_report(
+    runs: Annotated[str, typer.Option("--runs", help="Comma-separated defended run directories.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+) -> None:
+    """Defense x attack table, bar chart and training curves from defended runs."""
+    from medshield import api
+
+    records = api.defense_report(runs, out)
+    typer.echo((Path(out) / "defense.md").read_text())
+    _ = records
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDSHIELD_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
     app()

@@ -102,3 +102,24 @@ class NoiseHook:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return gaussian_noise(x, self.mean, self.sigma, gen), y
+
+
+def build_training_hook(defense: str, attack_name: str | None = None, eps: float = 2 / 255, *, norm: str = "linf",
+                        steps: int | None = None, source: str = "online", fixed_model: nn.Module | None = None,
+                        mean: float = 0.0, sigma: float = 0.05) -> Any:
+    """The hook for ``defense`` (``none`` gives ``None``): AT/ANT build their attack from the registry."""
+    name = defense.lower()
+    if name == "none":
+        return None
+    TRAINING_DEFENSES.get(name)  # unknown names fail with a suggestion
+    if name == "noise":
+        return NoiseHook(mean=mean, sigma=sigma)
+    from medshield.attacks import create_attack
+
+    if not attack_name:
+        raise ValueError(f"defense {name!r} needs a training attack (--train-attack)")
+    attack = create_attack(attack_name, norm=norm, steps=steps)
+    kwargs: dict[str, Any] = {"attack": attack, "eps": eps, "source": source, "fixed_model": fixed_model}
+    if name == "ant":
+        kwargs.update(mean=mean, sigma=sigma)
+    return TRAINING_DEFENSES.create(name, **kwargs)

@@ -1,0 +1,53 @@
+"""A defended model is measurably more robust than an undefended one (small task, real training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medshield import api
+from medshield.attacks import create_attack
+from medshield.data import load_demo
+from medshield.defenses.training import ANTHook, NoiseHook, build_training_hook
+from medshield.evaluation.defense import add_gaps, gap_statements
+from medshield.models import load_run
+from medshield.models.train import TrainConfig
+
+EPS = 8 / 255
+
+
+def _robust_accuracy(model, x, y) -> float:  # noqa: ANN001
+    res = create_attack("pgd", steps=5).attack(model, x, y, eps=EPS, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return float((model(res.adversarial).argmax(1) == y).float().mean())
+
+
+def test_build_training_hook() -> None:
+    assert build_training_hook("none") is None
+    assert isinstance(build_training_hook("noise", sigma=0.1), NoiseHook)
+    hook = build_training_hook("ant", "fgsm", 2 / 255, sigma=0.02)
+    assert isinstance(hook, ANTHook) and hook.sigma == 0.02
+    with pytest.raises(Exception, match="did you mean 'ant'"):
+        build_training_hook("anr", "fgsm")
+
+
+def test_adversarial_training_raises_robustness(tmp_path: Path, demo_model) -> None:  # noqa: ANN001
+    hook = build_training_hook("at", "fgsm", EPS)
+    api.train("demo", tmp_path / "at", train_config=TrainConfig(epochs=2, batch_size=64, seed=0), hook=hook)
+    defended = load_run(tmp_path / "at")[0]
+    x, y = load_demo().test.get(slice(0, 200))
+    undefended_acc, defended_acc = _robust_accuracy(demo_model, x, y), _robust_accuracy(defended, x, y)
+    assert defended_acc > undefended_acc + 0.2, (undefended_acc, defended_acc)
+    config = json.loads((tmp_path / "at" / "config.json").read_text())
+    assert config["train"]["epochs"] == 2
+
+
+def test_gap_statement_flags_weaker_strongest_attack() -> None:
+    recs = [{"label": "at(fgsm)", "train_attack": "fgsm", "eval_attack": a, "eps": 0.01, "eps_label": "2/255",
+             "clean_accuracy": 0.9, "robust_accuracy": r} for a, r in (("fgsm", 0.8), ("pgd", 0.3))]
+    add_gaps(recs)
+    assert recs[0]["gap"] == pytest.approx(0.5) and recs[0]["strongest_attack"] == "pgd"
+    assert "gap of 50.0 points" in gap_statements(recs)[0]
