@@ -146,3 +146,83 @@ def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, overwrit
 
 def run_info(run: str | Path) -> dict[str, Any]:
     return read_json(Path(run) / CONFIG_FILE)
+
+
+# --- HTTP service (issue 7) -------------------------------------------------------------------
+
+SERVE_ENV = "MEDSHIELD_SERVE_OPTIONS"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0) -> tuple[torch.nn.Module, list[str]]:
+    """Wrap ``model`` in the inference-time defense ``name`` (``none``: unchanged) from the defense
+    registry; returns the model to serve and the defense names to report."""
+    key = (name or "none").strip().lower()
+    if key == "none":
+        return model, []
+    try:
+        from medshield.defenses import DEFENSES  # type: ignore[attr-defined]  # the registry of issue 6
+    except ImportError:
+        raise MedShieldError(f"unknown defense {name!r} (choices: none); no defense registry in this build") from None
+    return DEFENSES.create(key, model=model, seed=seed), [key]
+
+
+def build_server_app(run: str | Path, defense: str | None = "none", api_keys: str | Path | None = None,
+                     budget: int | None = None, rate: float | None = None, burst: float | None = None,
+                     allow_scores: bool = False, audit_log: str | Path | None = None, max_batch: int = 256,
+                     max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0,
+                     detector: Any = None) -> Any:
+    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`)."""
+    from medshield.defenses.limits import QueryLimiter
+    from medshield.server.app import ServeConfig, create_app
+    from medshield.server.auth import KeyStore
+
+    keys = KeyStore.from_sources(api_keys)
+    model, config = load_run(Path(run))
+    served, defenses = resolve_defense(model, defense, seed=seed)
+    mc = model.config
+    classes = config.get("data", {}).get("classes") or [str(i) for i in range(max(mc.num_classes, 2))]
+    cfg = ServeConfig(model_name=mc.name, channels=mc.in_channels, image_size=mc.image_size,
+                      class_names=[str(c) for c in classes], defenses=defenses, allow_scores=allow_scores,
+                      max_batch=max_batch, max_side=max_side, max_request_bytes=max_request_bytes,
+                      audit_log=str(audit_log) if audit_log else None)
+    limiter = QueryLimiter(budget=budget, rate=rate, burst=burst if burst is not None else
+                           (max(rate, float(max_batch)) if rate is not None else None))
+    return create_app(served, keys, cfg, limiter=limiter, detector=detector)
+
+
+def server_app_from_env() -> Any:
+    """uvicorn factory for multi-worker serving: each worker builds its app from ``$MEDSHIELD_SERVE_OPTIONS``."""
+    import json
+    import os
+
+    return build_server_app(**json.loads(os.environ[SERVE_ENV]))
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          per_worker_limits: bool = False, log_level: str = "info", **options: Any) -> None:
+    """Run the HTTP service with uvicorn. Budgets and rate limits live in each worker process, so with
+    ``workers > 1`` a key could get up to ``workers`` times its budget: refused unless
+    ``per_worker_limits`` accepts that."""
+    import json
+    import os
+
+    import uvicorn
+
+    if workers < 1:
+        raise MedShieldError(f"--workers must be >= 1, got {workers}")
+    limited = options.get("budget") is not None or options.get("rate") is not None
+    if workers > 1 and limited and not per_worker_limits:
+        raise MedShieldError(f"budgets and rate limits are kept per worker process: with {workers} workers a key "
+                             f"could get {workers}x its budget; use --workers 1 or pass --per-worker-limits")
+    if host not in LOOPBACK:
+        log.warning("serving on %s: API keys travel in plain HTTP; put a TLS-terminating proxy in front", host)
+    if workers == 1:
+        app = build_server_app(run, **options)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    build_server_app(run, **options)  # fail fast on bad options before forking workers
+    os.environ[SERVE_ENV] = json.dumps({"run": str(run), **{k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in options.items()}})
+    uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)
