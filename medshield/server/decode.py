@@ -63,7 +63,7 @@ def conform(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
         raise InputError(422, "images contain NaN or infinite values")
     if arr.min() < 0.0 or arr.max() > 1.0:
         raise InputError(422, f"pixel values must lie in [0, 1], got range [{arr.min():.4g}, {arr.max():.4g}]")
-    return torch.from_numpy(np.ascontiguousarray(match_channels(arr, spec.channels), dtype=np.float32))
+    return torch.from_numpy(np.array(match_channels(arr, spec.channels), dtype=np.float32, order="C"))
 
 
 def match_channels(arr: np.ndarray, channels: int) -> np.ndarray:
