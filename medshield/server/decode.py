@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,7 @@ def base64_array(spec_obj: Any, spec: InputSpec) -> np.ndarray:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise InputError(400, '"array.data" is not valid base64') from None
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if len(raw) != 4 * count:
         raise InputError(422, f'"array.data" holds {len(raw)} bytes but shape {shape} needs {4 * count}')
     return np.frombuffer(raw, dtype="<f4").reshape(shape)
