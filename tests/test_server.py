@@ -148,6 +148,7 @@ def test_bad_bodies_and_files(tmp_path: Path) -> None:
         (client.post("/v1/predict", files={"file": ("x.png", png_bytes(np.zeros((100, 100), np.uint8)))}, headers=AUTH), 413),
         (client.post("/v1/predict", files={"file": ("x.png", png_bytes(np.zeros((32, 32), np.uint8)))}, headers=AUTH), 422),
         (client.post("/v1/predict", files={"file": ("x.png", png_bytes(np.zeros((28, 28, 4), np.uint8)))}, headers=AUTH), 422),
+        (client.post("/v1/predict", files={"file": ("x.dcm", dicom_bytes(np.zeros((28, 28), np.uint16))[:152])}, headers=AUTH), 400),
         (client.post("/v1/predict", files={"file": ("x.dcm", b"\0" * 128 + b"DICM" + b"\xff" * 50)}, headers=AUTH), 400),
     ]
     for i, (response, status) in enumerate(cases):

@@ -1,0 +1,158 @@
+"""Bounded loopback load test of `medshield serve`: predictions/s, errors, p50/p99 latency.
+
+Starts the server as a subprocess on 127.0.0.1 (a free port), drives it with an async httpx load
+generator that stops after ``--requests`` requests or ``--max-seconds``, whichever comes first, then
+stops the server. Run once per configuration to compare (e.g. ``--defense none`` vs ``dnd``):
+
+    python bench/bench_server.py --run /tmp/runs/pn_small --batch 1 --requests 3000 --concurrency 16
+    python bench/bench_server.py --run /tmp/runs/pn_small --batch 32 --requests 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HOST = "127.0.0.1"  # loopback only, never anything else
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def payloads(mode: str, batch: int, shape: tuple[int, int, int], n: int, seed: int) -> list[dict]:
+    """Pre-encoded request bodies (httpx kwargs), so the generator measures the server, not encoding."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.random((batch, *shape), dtype=np.float32)
+        if mode == "png":
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.fromarray((x[0, 0] * 255).astype(np.uint8)).save(buf, "PNG")
+            out.append({"files": {"file": ("x.png", buf.getvalue(), "image/png")}})
+        elif mode == "json":
+            out.append({"content": json.dumps({"images": x.tolist()}).encode(), "headers": {"content-type": "application/json"}})
+        else:
+            arr = {"shape": list(x.shape), "dtype": "float32", "data": base64.b64encode(x.tobytes()).decode()}
+            out.append({"content": json.dumps({"array": arr}).encode(), "headers": {"content-type": "application/json"}})
+    return out
+
+
+async def drive(url: str, key: str, bodies: list[dict], requests: int, concurrency: int, max_seconds: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    predictions = 0
+    issued = 0
+    deadline = time.perf_counter() + max_seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal issued, predictions
+        while issued < requests and time.perf_counter() < deadline:
+            body = bodies[issued % len(bodies)]
+            issued += 1
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/v1/predict", **body)
+                ok = r.status_code == 200
+                if ok:
+                    predictions += len(r.json()["labels"])
+                else:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"requests": issued, "ok_requests": len(latencies), "predictions": predictions, "seconds": round(elapsed, 3),
+            "predictions_per_s": round(predictions / elapsed, 1), "requests_per_s": round(len(latencies) / elapsed, 1),
+            "errors": errors, "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2), "stopped_by_time": time.perf_counter() >= deadline}
+
+
+def start_server(args: argparse.Namespace, key: str, port: int, tmp: str) -> subprocess.Popen:
+    env = {**os.environ, "MEDSHIELD_API_KEYS": key, "OMP_NUM_THREADS": str(args.server_threads),
+           "MEDSHIELD_LOG": "WARNING"}
+    cmd = [sys.executable, "-m", "medshield.cli", "serve", "--run", str(args.run), "--host", HOST, "--port", str(port),
+           "--defense", args.defense, "--audit-log", str(Path(tmp) / "audit.jsonl"), "--max-batch", str(max(args.batch, 1))]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("server did not become healthy in time")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--defense", default="none")
+    p.add_argument("--mode", choices=["b64", "json", "png"], default="b64")
+    p.add_argument("--batch", type=int, default=1, help="images per request (png: always 1)")
+    p.add_argument("--requests", type=int, default=2000, help="stop after this many requests")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="and after this many seconds")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--server-threads", type=int, default=1, help="OMP/torch threads of the server")
+    args = p.parse_args()
+    if args.requests < 1 or args.max_seconds <= 0 or args.max_seconds > 600:
+        raise SystemExit("--requests must be >= 1 and --max-seconds in (0, 600]")
+    config = json.loads((args.run / "config.json").read_text())["model"]
+    shape = (config["in_channels"], config["image_size"], config["image_size"])
+    batch = 1 if args.mode == "png" else args.batch
+    key, port = secrets.token_urlsafe(24), free_port()
+    url = f"http://{HOST}:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_server(args, key, port, tmp)
+        try:
+            wait_healthy(url, proc)
+            bodies = payloads(args.mode, batch, shape, 64, seed=0)
+            asyncio.run(drive(url, key, bodies, args.warmup, min(args.concurrency, 4), 30))
+            result = asyncio.run(drive(url, key, bodies, args.requests, args.concurrency, args.max_seconds))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(json.dumps({"model": config["name"], "input": list(shape), "defense": args.defense, "mode": args.mode,
+                      "batch": batch, "concurrency": args.concurrency, "cpus": os.cpu_count(),
+                      "loadavg_before": os.getloadavg()[0], **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
