@@ -94,6 +94,39 @@ async def drive(url: str, key: str, bodies: list[dict], requests: int, concurren
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "stopped_by_time": time.perf_counter() >= deadline}
 
 
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-API-Key"] = %s
+wrk.body = io.open(%s, "rb"):read()
+"""
+
+
+def run_wrk(url: str, key: str, body: dict, seconds: float, concurrency: int, tmp: str) -> dict:
+    """The same load from wrk (C, one thread): lighter than the Python generator on a shared 2-core box."""
+    import re
+    import shutil
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found (apt-get install wrk) or use --tool httpx")
+    body_path, script = Path(tmp) / "body.json", Path(tmp) / "post.lua"
+    body_path.write_bytes(body["content"])
+    script.write_text(WRK_SCRIPT % (json.dumps(key), json.dumps(str(body_path))))
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, int(seconds))}s", "--latency", "-s", str(script), f"{url}/v1/predict"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\b", out, re.M)
+        return round(float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)], 2) if m else float("nan")
+
+    total = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    errors = {**({"non2xx": int(non2xx.group(1))} if non2xx else {}), **({"socket": sock.group(1)} if sock else {})}
+    return {"requests": total, "requests_per_s": rps, "errors": errors, "p50_ms": ms("50"), "p99_ms": ms("99"),
+            "wrk_output": out.strip().splitlines()[-12:]}
+
+
 def start_server(args: argparse.Namespace, key: str, port: int, tmp: str) -> subprocess.Popen:
     env = {**os.environ, "MEDSHIELD_API_KEYS": key, "OMP_NUM_THREADS": str(args.server_threads),
            "MEDSHIELD_LOG": "WARNING"}
@@ -127,6 +160,9 @@ def main() -> None:
     p.add_argument("--max-seconds", type=float, default=60.0, help="and after this many seconds")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--tool", choices=["httpx", "wrk"], default="httpx",
+                   help="load generator: the async httpx one here (bounded by --requests and --max-seconds) "
+                        "or wrk (bounded by --max-seconds; json/b64 modes only)")
     p.add_argument("--server-threads", type=int, default=1, help="OMP/torch threads of the server")
     args = p.parse_args()
     if args.requests < 1 or args.max_seconds <= 0 or args.max_seconds > 600:
@@ -142,7 +178,13 @@ def main() -> None:
             wait_healthy(url, proc)
             bodies = payloads(args.mode, batch, shape, 64, seed=0)
             asyncio.run(drive(url, key, bodies, args.warmup, min(args.concurrency, 4), 30))
-            result = asyncio.run(drive(url, key, bodies, args.requests, args.concurrency, args.max_seconds))
+            if args.tool == "wrk":
+                if args.mode == "png":
+                    raise SystemExit("--tool wrk sends JSON bodies; use --mode b64 or json")
+                result = run_wrk(url, key, bodies[0], args.max_seconds, args.concurrency, tmp)
+                result["predictions_per_s"] = round(result["requests_per_s"] * batch, 1)
+            else:
+                result = asyncio.run(drive(url, key, bodies, args.requests, args.concurrency, args.max_seconds))
         finally:
             proc.terminate()
             try:
@@ -150,6 +192,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     print(json.dumps({"model": config["name"], "input": list(shape), "defense": args.defense, "mode": args.mode,
+                      "tool": args.tool, "server_threads": args.server_threads,
                       "batch": batch, "concurrency": args.concurrency, "cpus": os.cpu_count(),
                       "loadavg_before": os.getloadavg()[0], **result}, indent=2))
 

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -214,8 +214,6 @@ def create_app(model: nn.Module, keys: KeyStore, config: ServeConfig | None = No
                                 ms=round(1000 * (time.perf_counter() - start), 3),
                                 client=request.client.host if request.client else None)
 
-    # BatchRequest appears in the document through PREDICT_BODY's $ref
-    app.openapi_schema = None
     _register_schema(app, BatchRequest)
     app.router.add_event_handler("shutdown", service.audit.close)
     return app
@@ -236,7 +234,3 @@ def _register_schema(app: FastAPI, model: type) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def config_dict(config: ServeConfig) -> dict[str, Any]:
-    return asdict(config)
