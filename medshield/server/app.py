@@ -99,6 +99,11 @@ class Service:
                              {"Retry-After": str(wait)})
         return decision
 
+    def answer(self, key_id: str, images: torch.Tensor) -> tuple[LimitDecision, tuple[list[int], list[list[float]] | None]]:
+        """Admit, then infer (in a worker thread: a detector or model may take a while)."""
+        decision = self.admit(key_id, images)
+        return decision, self.infer(images)
+
     def info(self) -> ModelInfo:
         c = self.config
         return ModelInfo(model=c.model_name, input_shape=list(self.spec.shape), channels=c.channels,
@@ -201,8 +206,7 @@ def create_app(model: nn.Module, keys: KeyStore, config: ServeConfig | None = No
         try:
             images = await decode_request(request, service)
             n, digest = len(images), hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]
-            decision = service.admit(key_id, images)
-            labels, scores = await run_in_threadpool(service.infer, images)
+            decision, (labels, scores) = await run_in_threadpool(service.answer, key_id, images)
             names = [service.config.class_names[i] if i < len(service.config.class_names) else str(i) for i in labels]
             return Prediction(labels=labels, classes=names, scores=scores, queries_used=decision.used,
                               queries_remaining=decision.remaining)
