@@ -154,24 +154,53 @@ SERVE_ENV = "MEDSHIELD_SERVE_OPTIONS"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0) -> tuple[torch.nn.Module, list[str]]:
+def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0,
+                    params: dict[str, float] | None = None) -> tuple[torch.nn.Module, list[str]]:
     """Wrap ``model`` in the inference-time defense ``name`` (``none``: unchanged) from the defense
-    registry; returns the model to serve and the defense names to report."""
+    registry (:data:`medshield.defenses.inference.INFERENCE_DEFENSES`); returns the model to serve
+    and the names to report."""
+    from medshield.defenses.inference import defend
+
     key = (name or "none").strip().lower()
     if key == "none":
+        if params:
+            raise MedShieldError("--defense-param given without a --defense")
         return model, []
-    try:
-        from medshield.defenses import DEFENSES  # type: ignore[attr-defined]  # the registry of issue 6
-    except ImportError:
-        raise MedShieldError(f"unknown defense {name!r} (choices: none); no defense registry in this build") from None
-    return DEFENSES.create(key, model=model, seed=seed), [key]
+    return defend(model, key, seed=seed, **(params or {})), [key]
+
+
+def parse_params(items: list[str] | None) -> dict[str, float]:
+    """``["nu=0.02", "m=0.5"]`` -> ``{"nu": 0.02, "m": 0.5}`` with one-line errors."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MedShieldError(f"expected NAME=NUMBER, got {item!r}")
+    return out
+
+
+def make_detector(name: str | None, threshold: float | None = None) -> Any:
+    """``stream``: the near-duplicate stream detector of :mod:`medshield.defenses.detection`."""
+    key = (name or "none").strip().lower()
+    if key == "none":
+        return None
+    if key != "stream":
+        raise MedShieldError(f"unknown detector {name!r} (choices: none, stream)")
+    from medshield.defenses.detection import StreamDetector
+
+    return StreamDetector(**({"threshold": threshold} if threshold is not None else {}))
 
 
 def build_server_app(run: str | Path, defense: str | None = "none", api_keys: str | Path | None = None,
                      budget: int | None = None, rate: float | None = None, burst: float | None = None,
                      allow_scores: bool = False, audit_log: str | Path | None = None, max_batch: int = 256,
                      max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0,
-                     detector: Any = None) -> Any:
+                     defense_params: dict[str, float] | None = None, detector: Any = None,
+                     detector_threshold: float | None = None, on_flag: str = "block") -> Any:
     """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`)."""
     from medshield.defenses.limits import QueryLimiter
     from medshield.server.app import ServeConfig, create_app
@@ -179,13 +208,15 @@ def build_server_app(run: str | Path, defense: str | None = "none", api_keys: st
 
     keys = KeyStore.from_sources(api_keys)
     model, config = load_run(Path(run))
-    served, defenses = resolve_defense(model, defense, seed=seed)
+    served, defenses = resolve_defense(model, defense, seed=seed, params=defense_params)
+    if detector is None or isinstance(detector, str):
+        detector = make_detector(detector, detector_threshold)
     mc = model.config
     classes = config.get("data", {}).get("classes") or [str(i) for i in range(max(mc.num_classes, 2))]
     cfg = ServeConfig(model_name=mc.name, channels=mc.in_channels, image_size=mc.image_size,
                       class_names=[str(c) for c in classes], defenses=defenses, allow_scores=allow_scores,
                       max_batch=max_batch, max_side=max_side, max_request_bytes=max_request_bytes,
-                      audit_log=str(audit_log) if audit_log else None)
+                      audit_log=str(audit_log) if audit_log else None, on_flag=on_flag)
     limiter = QueryLimiter(budget=budget, rate=rate, burst=burst if burst is not None else
                            (max(rate, float(max_batch)) if rate is not None else None))
     return create_app(served, keys, cfg, limiter=limiter, detector=detector)
@@ -211,9 +242,9 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
 
     if workers < 1:
         raise MedShieldError(f"--workers must be >= 1, got {workers}")
-    limited = options.get("budget") is not None or options.get("rate") is not None
+    limited = any(options.get(k) not in (None, "none") for k in ("budget", "rate", "detector"))
     if workers > 1 and limited and not per_worker_limits:
-        raise MedShieldError(f"budgets and rate limits are kept per worker process: with {workers} workers a key "
+        raise MedShieldError(f"budgets, rate limits and detector state are kept per worker process: with {workers} workers a key "
                              f"could get {workers}x its budget; use --workers 1 or pass --per-worker-limits")
     if host not in LOOPBACK:
         log.warning("serving on %s: API keys travel in plain HTTP; put a TLS-terminating proxy in front", host)

@@ -144,7 +144,11 @@ def models() -> None:
 @user_errors
 def serve(
     run: Annotated[Path, typer.Option("--run", help="Run directory of the model to serve.")],
-    defense: Annotated[str, typer.Option("--defense", help="Inference-time defense: none (rnd, dnd once registered).")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help="Inference-time defense: none, rnd, dnd.")] = "none",
+    defense_param: Annotated[list[str] | None, typer.Option("--defense-param", help="Defense parameter NAME=VALUE (rnd: nu; dnd: m, n); repeatable.")] = None,
+    detector: Annotated[str, typer.Option("--detector", help="Attack-stream detector: none or stream.")] = "none",
+    detector_threshold: Annotated[float | None, typer.Option("--detector-threshold", help="Near-duplicate distance threshold of the stream detector.")] = None,
+    on_flag: Annotated[str, typer.Option("--on-flag", help="When the detector flags a key: block (403), throttle (429) or log.")] = "block",
     host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     api_keys: Annotated[Path | None, typer.Option("--api-keys", help="File of API keys, one per line (also $MEDSHIELD_API_KEYS, comma-separated).")] = None,
@@ -163,6 +167,8 @@ def serve(
     from medshield import api
 
     api.serve(run, host=host, port=port, workers=workers, per_worker_limits=per_worker_limits, defense=defense,
+              defense_params=api.parse_params(defense_param), detector=detector,
+              detector_threshold=detector_threshold, on_flag=on_flag,
               api_keys=api_keys, budget=budget, rate=rate, burst=burst, allow_scores=allow_scores,
               audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed)
 

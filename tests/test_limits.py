@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from medshield.defenses.limits import QueryLimiter, Verdict
+from medshield.defenses.limits import QueryLimiter
 
 
 class FakeClock:
@@ -75,7 +75,3 @@ def test_thread_safe_budget_is_never_overspent() -> None:
     for t in threads:
         t.join()
     assert len(granted) == 1000 and limiter.used("a") == 1000
-
-
-def test_verdict_allowed() -> None:
-    assert Verdict().allowed and not Verdict("block", "dupes").allowed

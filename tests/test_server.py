@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medshield.defenses.limits import QueryLimiter, Verdict
+from medshield.defenses.limits import QueryLimiter
+from medshield.server.app import Action
 from medshield.server.audit import read_audit
 from medshield.server.auth import KeyStore
 from medshield.server.client import AuthenticationError, Forbidden, RateLimited, RemoteClassifier
@@ -186,14 +187,14 @@ class FakeDetector:
         self.seen: dict[str, int] = {}
         self.throttle_at, self.block_at = throttle_at, block_at
 
-    def observe(self, client: str, images: torch.Tensor) -> Verdict:
+    def observe(self, client: str, images: torch.Tensor) -> Action:
         assert images.shape[1:] == (1, 28, 28)
         self.seen[client] = self.seen.get(client, 0) + len(images)
         if self.seen[client] >= self.block_at:
-            return Verdict("block", "near-duplicate queries")
+            return Action("block", "near-duplicate queries")
         if self.seen[client] >= self.throttle_at:
-            return Verdict("throttle", "suspicious stream", retry_after=3.0)
-        return Verdict()
+            return Action("throttle", "suspicious stream", retry_after=3.0)
+        return Action()
 
 
 def test_detector_can_throttle_then_block_a_key(tmp_path: Path) -> None:
@@ -255,9 +256,46 @@ def test_build_server_app_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     app = api.build_server_app(tmp_path / "run", budget=3, audit_log=tmp_path / "a.jsonl")
     info = TestClient(app).get("/v1/model", headers=AUTH).json()
     assert info["model"] == "smallcnn" and info["budget"] == 3 and info["classes"] == ["normal", "pneumonia"]
-    with pytest.raises(MedShieldError, match="unknown defense"):
+    with pytest.raises(MedShieldError, match="did you mean .rnd."):
         api.build_server_app(tmp_path / "run", defense="rnx")
     with pytest.raises(MedShieldError, match="per worker"):
         api.serve(tmp_path / "run", workers=2, budget=10)
     assert tiny_model  # fixture helper import used by other tests
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["name"] == "smallcnn"
+
+
+@pytest.mark.parametrize(("on_flag", "status"), [("block", 403), ("throttle", 429), ("log", 200)])
+def test_stream_detector_flag_policy(tmp_path: Path, on_flag: str, status: int) -> None:
+    from medshield.defenses.detection import StreamDetector
+
+    client = make_client(tmp_path, detector=StreamDetector(k=3, threshold=0.05), on_flag=on_flag)
+    benign = torch.rand(6, 28, 28, generator=torch.Generator().manual_seed(3))
+    assert post_json(client, {"images": benign.tolist()}).status_code == 200
+    probe = IMAGES[0, 0] + 0.001 * torch.rand(8, 28, 28, generator=torch.Generator().manual_seed(4))
+    response = post_json(client, {"images": probe.clamp(0, 1).tolist()})  # an attack-like near-duplicate stream
+    assert response.status_code == status, response.text
+    if status == 429:
+        assert response.headers["Retry-After"] == "60"
+    assert post_json(client, {"images": benign.tolist()}, {"X-API-Key": OTHER_KEY}).status_code == 200
+
+
+def test_served_defense_from_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from medshield import api
+    from medshield.errors import MedShieldError
+    from medshield.models import create_model, save_run
+
+    save_run(tmp_path / "run", create_model(name="smallcnn", in_channels=1, num_classes=2, image_size=28))
+    monkeypatch.setenv("MEDSHIELD_API_KEYS", KEY)
+    app = api.build_server_app(tmp_path / "run", defense="dnd", defense_params=api.parse_params(["m=0.05", "n=0.5"]),
+                               detector="stream", allow_scores=True)
+    client = TestClient(app)
+    info = client.get("/v1/model", headers=AUTH).json()
+    assert info["defenses"] == ["dnd"] and info["detector"] is True
+    a, b = (post_json(client, {"images": IMAGES.tolist()}).json()["scores"] for _ in range(2))
+    assert a != b  # DND answers the same query with fresh noise
+    with pytest.raises(MedShieldError, match="NAME=NUMBER"):
+        api.parse_params(["m"])
+    with pytest.raises(MedShieldError, match="unknown detector"):
+        api.make_detector("strem")

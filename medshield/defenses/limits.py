@@ -1,8 +1,6 @@
 """Query limits for a deployed classifier: a per-client total budget plus a token-bucket rate limit.
 
 Independent of HTTP, so the HTTP server and the in-process label oracle enforce the same rules.
-Also defines the :class:`Verdict` a stateful attack-stream detector returns (Chen, Carlini & Wagner,
-"Stateful detection of black-box adversarial attacks", 2020), so hosts can act on it uniformly.
 
 >>> limiter = QueryLimiter(budget=1000, rate=50.0)
 >>> decision = limiter.acquire("client-a", n=32)
@@ -17,9 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
-
-import torch
+from typing import Literal
 
 Clock = Callable[[], float]
 
@@ -115,23 +111,3 @@ class QueryLimiter:
         with self._lock:
             state = self._clients.get(client)
             return self._remaining(state) if state else self.budget
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What a stateful detector says about a client's latest queries: ``allow``, ``throttle`` (refuse
-    for ``retry_after`` seconds) or ``block`` (refuse from now on)."""
-
-    action: Literal["allow", "throttle", "block"] = "allow"
-    reason: str = ""
-    retry_after: float | None = None
-
-    @property
-    def allowed(self) -> bool:
-        return self.action == "allow"
-
-
-class Detector(Protocol):
-    """A stateful attack-stream detector: sees every batch a client sends, before it is answered."""
-
-    def observe(self, client: str, images: torch.Tensor) -> Verdict: ...

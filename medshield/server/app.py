@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from fastapi import Depends, FastAPI, Request
@@ -20,7 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from torch import nn
 
-from medshield.defenses.limits import Detector, LimitDecision, QueryLimiter, Verdict
+from medshield.defenses.limits import LimitDecision, QueryLimiter
+from medshield.errors import MedShieldError
 from medshield.models.bounded import predict_labels, probabilities
 from medshield.server.audit import AuditLog
 from medshield.server.auth import KeyStore
@@ -45,6 +46,31 @@ class ServeConfig:
     max_side: int = 4096
     max_request_bytes: int = 8 << 20
     audit_log: str | None = None
+    on_flag: str = "block"  # what a detector's ``flagged`` verdict does: block, throttle or log
+    throttle_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.on_flag not in ("block", "throttle", "log"):
+            raise MedShieldError(f"on_flag must be block, throttle or log, got {self.on_flag!r}")
+
+
+@dataclass(frozen=True)
+class Action:
+    """A verdict a custom detector may return: ``allow``, ``throttle`` (429 for ``retry_after`` s) or
+    ``block`` (403 from now on)."""
+
+    action: str = "allow"
+    reason: str = ""
+    retry_after: float | None = None
+
+
+class Detector(Protocol):
+    """A stateful attack-stream detector: sees every admitted batch of a key before it is answered.
+    Its verdict either says ``action`` ("allow", "throttle", "block", with optional ``reason`` and
+    ``retry_after``) or ``flagged`` (bool), which the deployment's ``on_flag`` policy turns into an
+    action (e.g. :class:`medshield.defenses.detection.StreamDetector`)."""
+
+    def observe(self, client: str, images: torch.Tensor) -> Any: ...
 
 
 class Denied(Exception):
@@ -89,15 +115,32 @@ class Service:
                 headers["Retry-After"] = str(max(1, int(decision.retry_after + 0.999)))
             raise Denied(413 if decision.reason == "burst" else 429, decision.message(), headers)
         if self.detector is not None:
-            verdict: Verdict = self.detector.observe(key_id, images)
-            if verdict.action == "block":
+            action, reason, retry = self.interpret(key_id, self.detector.observe(key_id, images))
+            if action == "block":
                 self.blocked.add(key_id)
-                raise Denied(403, f"blocked by the attack-stream detector: {verdict.reason}".rstrip(": "))
-            if verdict.action == "throttle":
-                wait = max(1, int((verdict.retry_after or 1.0) + 0.999))
-                raise Denied(429, f"throttled by the attack-stream detector: {verdict.reason}".rstrip(": "),
+                raise Denied(403, f"blocked by the attack-stream detector: {reason}".rstrip(": "))
+            if action == "throttle":
+                wait = max(1, int((retry or self.config.throttle_seconds) + 0.999))
+                raise Denied(429, f"throttled by the attack-stream detector: {reason}".rstrip(": "),
                              {"Retry-After": str(wait)})
         return decision
+
+    def interpret(self, key_id: str, verdict: Any) -> tuple[str, str, float | None]:
+        """(action, reason, retry_after) from an ``action`` verdict or a ``flagged`` one."""
+        action = getattr(verdict, "action", None)
+        if action is not None:
+            if action not in ("allow", "throttle", "block"):
+                raise RuntimeError(f"detector returned unknown action {action!r}")
+            return action, str(getattr(verdict, "reason", "")), getattr(verdict, "retry_after", None)
+        if getattr(verdict, "flagged", False):
+            at = getattr(verdict, "flagged_at", None)
+            reason = "near-duplicate query stream" + (f" (flagged at query {at})" if at is not None else "")
+            policy = self.config.on_flag
+            if policy == "log":
+                log.warning("detector flagged key %s: %s", key_id, reason)
+                return "allow", reason, None
+            return policy, reason, None
+        return "allow", "", None
 
     def answer(self, key_id: str, images: torch.Tensor) -> tuple[LimitDecision, tuple[list[int], list[list[float]] | None]]:
         """Admit, then infer (in a worker thread: a detector or model may take a while)."""
