@@ -127,11 +127,12 @@ def run_wrk(url: str, key: str, body: dict, seconds: float, concurrency: int, tm
             "wrk_output": out.strip().splitlines()[-12:]}
 
 
-def start_server(args: argparse.Namespace, key: str, port: int, tmp: str) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, defense: str, key: str, port: int, tmp: str) -> subprocess.Popen:
     env = {**os.environ, "MEDSHIELD_API_KEYS": key, "OMP_NUM_THREADS": str(args.server_threads),
            "MEDSHIELD_LOG": "WARNING"}
     cmd = [sys.executable, "-m", "medshield.cli", "serve", "--run", str(args.run), "--host", HOST, "--port", str(port),
-           "--defense", args.defense, "--audit-log", str(Path(tmp) / "audit.jsonl"), "--max-batch", str(max(args.batch, 1))]
+           "--defense", defense, "--detector", args.detector,
+           *[f"--defense-param={kv}" for kv in (args.defense_param if defense != "none" else [])], "--audit-log", str(Path(tmp) / "audit.jsonl"), "--max-batch", str(max(args.batch, 1))]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -153,7 +154,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, type=Path)
-    p.add_argument("--defense", default="none")
+    p.add_argument("--defense", default="none", help="none, rnd, dnd (comma-separated: one server each, side by side)")
+    p.add_argument("--defense-param", action="append", default=[], help="NAME=VALUE for the defense; repeatable")
+    p.add_argument("--detector", default="none", help="none or stream")
     p.add_argument("--mode", choices=["b64", "json", "png"], default="b64")
     p.add_argument("--batch", type=int, default=1, help="images per request (png: always 1)")
     p.add_argument("--requests", type=int, default=2000, help="stop after this many requests")
@@ -170,10 +173,18 @@ def main() -> None:
     config = json.loads((args.run / "config.json").read_text())["model"]
     shape = (config["in_channels"], config["image_size"], config["image_size"])
     batch = 1 if args.mode == "png" else args.batch
+    results = [bench_one(args, defense.strip(), shape, batch) for defense in args.defense.split(",")]
+    base = results[0]["predictions_per_s"]
+    for r in results:
+        r["throughput_vs_first"] = round(r["predictions_per_s"] / base, 3) if base else None
+        print(json.dumps({"model": config["name"], "input": list(shape), **r}, indent=2))
+
+
+def bench_one(args: argparse.Namespace, defense: str, shape: tuple[int, int, int], batch: int) -> dict:
     key, port = secrets.token_urlsafe(24), free_port()
     url = f"http://{HOST}:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_server(args, key, port, tmp)
+        proc = start_server(args, defense, key, port, tmp)
         try:
             wait_healthy(url, proc)
             bodies = payloads(args.mode, batch, shape, 64, seed=0)
@@ -191,10 +202,11 @@ def main() -> None:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    print(json.dumps({"model": config["name"], "input": list(shape), "defense": args.defense, "mode": args.mode,
-                      "tool": args.tool, "server_threads": args.server_threads,
-                      "batch": batch, "concurrency": args.concurrency, "cpus": os.cpu_count(),
-                      "loadavg_before": os.getloadavg()[0], **result}, indent=2))
+    result.pop("wrk_output", None)
+    return {"defense": defense, "defense_params": args.defense_param if defense != "none" else [],
+            "detector": args.detector, "mode": args.mode, "tool": args.tool, "batch": batch,
+            "concurrency": args.concurrency, "server_threads": args.server_threads, "cpus": os.cpu_count(),
+            "loadavg_1min": round(os.getloadavg()[0], 2), **result}
 
 
 if __name__ == "__main__":
