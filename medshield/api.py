@@ -344,3 +344,113 @@ def defense_report(runs: str | list[str], out: str | Path) -> list[dict[str, Any
     write_json(out / "defense.json", records)
     write_defense_report(records, histories, out)
     return records
+
+# --- HTTP service (issue 7) -------------------------------------------------------------------
+
+SERVE_ENV = "MEDSHIELD_SERVE_OPTIONS"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0,
+                    params: dict[str, float] | None = None) -> tuple[torch.nn.Module, list[str]]:
+    """Wrap ``model`` in the inference-time defense ``name`` (``none``: unchanged) from the defense
+    registry (:data:`medshield.defenses.inference.INFERENCE_DEFENSES`); returns the model to serve
+    and the names to report."""
+    from medshield.defenses.inference import defend
+
+    key = (name or "none").strip().lower()
+    if key == "none":
+        if params:
+            raise MedShieldError("--defense-param given without a --defense")
+        return model, []
+    return defend(model, key, seed=seed, **(params or {})), [key]
+
+
+def parse_params(items: list[str] | None) -> dict[str, float]:
+    """``["nu=0.02", "m=0.5"]`` -> ``{"nu": 0.02, "m": 0.5}`` with one-line errors."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MedShieldError(f"expected NAME=NUMBER, got {item!r}")
+    return out
+
+
+def make_detector(name: str | None, threshold: float | None = None) -> Any:
+    """``stream``: the near-duplicate stream detector of :mod:`medshield.defenses.detection`."""
+    key = (name or "none").strip().lower()
+    if key == "none":
+        return None
+    if key != "stream":
+        raise MedShieldError(f"unknown detector {name!r} (choices: none, stream)")
+    from medshield.defenses.detection import StreamDetector
+
+    return StreamDetector(**({"threshold": threshold} if threshold is not None else {}))
+
+
+def build_server_app(run: str | Path, defense: str | None = "none", api_keys: str | Path | None = None,
+                     budget: int | None = None, rate: float | None = None, burst: float | None = None,
+                     allow_scores: bool = False, audit_log: str | Path | None = None, max_batch: int = 256,
+                     max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0,
+                     defense_params: dict[str, float] | None = None, detector: Any = None,
+                     detector_threshold: float | None = None, on_flag: str = "block") -> Any:
+    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`)."""
+    from medshield.defenses.limits import QueryLimiter
+    from medshield.server.app import ServeConfig, create_app
+    from medshield.server.auth import KeyStore
+
+    keys = KeyStore.from_sources(api_keys)
+    model, config = load_run(Path(run))
+    served, defenses = resolve_defense(model, defense, seed=seed, params=defense_params)
+    if detector is None or isinstance(detector, str):
+        detector = make_detector(detector, detector_threshold)
+    mc = model.config
+    classes = config.get("data", {}).get("classes") or [str(i) for i in range(max(mc.num_classes, 2))]
+    cfg = ServeConfig(model_name=mc.name, channels=mc.in_channels, image_size=mc.image_size,
+                      class_names=[str(c) for c in classes], defenses=defenses, allow_scores=allow_scores,
+                      max_batch=max_batch, max_side=max_side, max_request_bytes=max_request_bytes,
+                      audit_log=str(audit_log) if audit_log else None, on_flag=on_flag)
+    limiter = QueryLimiter(budget=budget, rate=rate, burst=burst if burst is not None else
+                           (max(rate, float(max_batch)) if rate is not None else None))
+    return create_app(served, keys, cfg, limiter=limiter, detector=detector)
+
+
+def server_app_from_env() -> Any:
+    """uvicorn factory for multi-worker serving: each worker builds its app from ``$MEDSHIELD_SERVE_OPTIONS``."""
+    import json
+    import os
+
+    return build_server_app(**json.loads(os.environ[SERVE_ENV]))
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          per_worker_limits: bool = False, log_level: str = "info", **options: Any) -> None:
+    """Run the HTTP service with uvicorn. Budgets and rate limits live in each worker process, so with
+    ``workers > 1`` a key could get up to ``workers`` times its budget: refused unless
+    ``per_worker_limits`` accepts that."""
+    import json
+    import os
+
+    import uvicorn
+
+    if workers < 1:
+        raise MedShieldError(f"--workers must be >= 1, got {workers}")
+    limited = any(options.get(k) not in (None, "none") for k in ("budget", "rate", "detector"))
+    if workers > 1 and limited and not per_worker_limits:
+        raise MedShieldError(f"budgets, rate limits and detector state are kept per worker process: with {workers} workers a key "
+                             f"could get {workers}x its budget; use --workers 1 or pass --per-worker-limits")
+    if host not in LOOPBACK:
+        log.warning("serving on %s: API keys travel in plain HTTP; put a TLS-terminating proxy in front", host)
+    if workers == 1:
+        app = build_server_app(run, **options)
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    build_server_app(run, **options)  # fail fast on bad options before forking workers
+    os.environ[SERVE_ENV] = json.dumps({"run": str(run), **{k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in options.items()}})
+    uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)

@@ -244,6 +244,39 @@ def defense_report(
     _ = records
 
 
+@app.command()
+@user_errors
+def serve(
+    run: Annotated[Path, typer.Option("--run", help="Run directory of the model to serve.")],
+    defense: Annotated[str, typer.Option("--defense", help="Inference-time defense: none, rnd, dnd.")] = "none",
+    defense_param: Annotated[list[str] | None, typer.Option("--defense-param", help="Defense parameter NAME=VALUE (rnd: nu; dnd: m, n); repeatable.")] = None,
+    detector: Annotated[str, typer.Option("--detector", help="Attack-stream detector: none or stream.")] = "none",
+    detector_threshold: Annotated[float | None, typer.Option("--detector-threshold", help="Near-duplicate distance threshold of the stream detector.")] = None,
+    on_flag: Annotated[str, typer.Option("--on-flag", help="When the detector flags a key: block (403), throttle (429) or log.")] = "block",
+    host: Annotated[str, typer.Option("--host", help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_keys: Annotated[Path | None, typer.Option("--api-keys", help="File of API keys, one per line (also $MEDSHIELD_API_KEYS, comma-separated).")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Total queries per key (a batch of N costs N).")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Sustained queries per second per key.")] = None,
+    burst: Annotated[float | None, typer.Option("--burst", help="Token-bucket size (default max(rate, max-batch)).")] = None,
+    allow_scores: Annotated[bool, typer.Option("--allow-scores", help="Return class probabilities, not only labels.")] = False,
+    audit_log: Annotated[Path | None, typer.Option("--audit-log", help="JSON-lines audit log of every query.")] = Path("medshield-audit.jsonl"),
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most images per request.")] = 256,
+    max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Largest request body (MiB).")] = 8.0,
+    workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes (limits are per worker).")] = 1,
+    per_worker_limits: Annotated[bool, typer.Option("--per-worker-limits", help="Accept per-worker budgets with --workers > 1.")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs)."""
+    from medshield import api
+
+    api.serve(run, host=host, port=port, workers=workers, per_worker_limits=per_worker_limits, defense=defense,
+              defense_params=api.parse_params(defense_param), detector=detector,
+              detector_threshold=detector_threshold, on_flag=on_flag,
+              api_keys=api_keys, budget=budget, rate=rate, burst=burst, allow_scores=allow_scores,
+              audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDSHIELD_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
     app()

@@ -1,0 +1,60 @@
+"""Shared helpers for the server tests: an app around a tiny model, image encoders."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi.testclient import TestClient
+
+from conftest import tiny_model
+from medshield.defenses.limits import QueryLimiter
+from medshield.server.app import ServeConfig, create_app
+from medshield.server.auth import KeyStore
+
+KEY, OTHER_KEY = "key-alpha-0123456789", "key-bravo-0123456789"
+AUTH = {"X-API-Key": KEY}
+
+
+def make_client(tmp_path: Path, channels: int = 1, limiter: QueryLimiter | None = None, detector: object = None,
+                allow_scores: bool = False, **config: object) -> TestClient:
+    cfg = ServeConfig(model_name="tiny", channels=channels, image_size=28, class_names=["normal", "pneumonia"],
+                      allow_scores=allow_scores, audit_log=str(tmp_path / "audit.jsonl"), **config)  # type: ignore[arg-type]
+    app = create_app(tiny_model(channels), KeyStore([KEY, OTHER_KEY]), cfg, limiter=limiter, detector=detector)
+    return TestClient(app)
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 16) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def expected_labels(images: torch.Tensor, channels: int = 1) -> list[int]:
+    from medshield.models import predict, predict_labels
+
+    return predict_labels(predict(tiny_model(channels), images)).tolist()
