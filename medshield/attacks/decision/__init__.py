@@ -7,6 +7,6 @@ DECISION_ATTACKS: Registry = Registry("decision attack")
 
 from medshield.attacks.decision.base import DecisionAttack, results_by_budget  # noqa: E402
 from medshield.attacks.decision.oracle import LabelFn, LabelOracle, model_label_fn  # noqa: E402
-from medshield.attacks.decision import hsja  # noqa: E402,F401
+from medshield.attacks.decision import boundary, hsja, opt, sign_opt  # noqa: E402,F401
 
 __all__ = ["DECISION_ATTACKS", "DecisionAttack", "LabelFn", "LabelOracle", "model_label_fn", "results_by_budget"]
