@@ -9,7 +9,7 @@ budget -- the same any-time accounting MedShield's oracle uses. foolbox counts i
 past an image's budget are still answered (the peers cannot be stopped) but never counted toward
 a result.
 
-    OMP_NUM_THREADS=1 python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000
 """
 
 from __future__ import annotations
