@@ -454,3 +454,28 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
                                                            for k, v in options.items()}})
     uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)
+
+def blackbox(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+             attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
+             defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
+             shard_size: int = 10) -> dict[str, Any]:
+    """Decision-based black-box evaluation (thesis chapter 5); writes ``OUT/blackbox.json``,
+    ``OUT/l2_vs_queries.png``, ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``)."""
+    from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
+    from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
+
+    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size)
+    cfg.attacks = attacks or list(cfg.attacks)
+    cfg.budgets = sorted(budgets or list(cfg.budgets))
+    cfg.defenses = defenses or list(cfg.defenses)
+    if n_images < 1 or any(b < 1 for b in cfg.budgets):
+        raise MedShieldError("--n-images and every --budgets value must be positive")
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    out = Path(out)
+    summary = run_blackbox(model, ds.split(split), out, cfg)
+    summary.update(run=str(run), dataset=ds.name, split=split)
+    write_json(out / "blackbox.json", summary)
+    plot_l2_vs_queries(summary, out / "l2_vs_queries.png")
+    plot_strips(summary, out / "strips.png")
+    (out / "blackbox.md").write_text(markdown_table(summary))
+    return summary

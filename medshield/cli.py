@@ -277,6 +277,38 @@ def serve(
               audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed)
 
 
+def split_list(text: str, kind: type = str) -> list[Any]:
+    """``"a,b"`` -> ``["a", "b"]`` (``kind=int`` for numbers, with a clear error)."""
+    try:
+        return [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise MedShieldError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def blackbox(
+    run: Annotated[Path, typer.Option("--run", help="Run directory of the model to attack.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
+    data_dir: DataDir = None,
+    attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, opt, sign_opt, boundary.")] = "hsja,gbba,opt",
+    budgets: Annotated[str, typer.Option("--budgets", help="Comma list of query budgets per image.")] = "1000,5000,10000,15000,20000",
+    n_images: Annotated[int, typer.Option("--n-images", help="Correctly classified test images (seeded choice).")] = 50,
+    defense: Annotated[str, typer.Option("--defense", help="Comma list of inference-time defenses.")] = "none",
+    norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
+    seed: Seed = 0,
+) -> None:
+    """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table."""
+    from medshield import api
+
+    summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
+                           budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
+                           seed=seed, norm=norm)
+    emit([{k: r[k] for k in ("attack", "defense", "budget", "mean_l2", "median_l2", "success_rate")}
+          for r in summary["records"]])
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDSHIELD_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
     app()

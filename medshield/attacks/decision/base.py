@@ -1,0 +1,81 @@
+"""The decision-based attack interface: hyperparameters in the constructor; the oracle (model access,
+images, budgets) and the random generator at call time."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+
+from medshield.attacks.decision.oracle import LabelFn, LabelOracle, QueryHook, distance
+from medshield.types import AttackResult, Norm
+
+Progress = Callable[[LabelOracle], None]
+"""Called once per attack iteration with the oracle (progress bars read ``queries`` and distances)."""
+
+
+class DecisionAttack(ABC):
+    """A minimisation attack that only sees labels. Subclasses implement :meth:`run`, which drives a
+    :class:`LabelOracle` until every image's budget is spent (or nothing is left to improve); the
+    oracle keeps the best adversarial per budget, so ``run`` returns nothing."""
+
+    norm: Norm = Norm.L2
+
+    @abstractmethod
+    def run(self, oracle: LabelOracle, generator: torch.Generator, starts: torch.Tensor | None = None,
+            progress: Progress | None = None) -> None:
+        """Attack every image of ``oracle``; ``starts`` are optional adversarial starting images."""
+
+    def __call__(self, label_fn: LabelFn, images: torch.Tensor, labels: torch.Tensor, budgets: Sequence[int],
+                 targets: torch.Tensor | None = None, starts: torch.Tensor | None = None, seed: int = 0,
+                 hooks: Sequence[QueryHook] = (), progress: Progress | None = None) -> dict[int, AttackResult]:
+        """Run on ``images [N, C, H, W]`` in [0, 1]; one :class:`AttackResult` per budget."""
+        oracle = LabelOracle(label_fn, images, labels, budgets, targets=targets, norm=self.norm, hooks=hooks)
+        start = time.perf_counter()
+        self.run(oracle, torch.Generator().manual_seed(seed), starts=starts, progress=progress)
+        return results_by_budget(oracle, time.perf_counter() - start)
+
+
+def results_by_budget(oracle: LabelOracle, seconds: float) -> dict[int, AttackResult]:
+    """One :class:`AttackResult` per budget checkpoint of a finished oracle."""
+    out = {}
+    for budget in oracle.budgets:
+        adv, dist = oracle.best(budget)
+        adv, success, fixed = verify(oracle, adv, torch.isfinite(dist))
+        out[budget] = AttackResult(
+            adversarial=adv, success=success,
+            linf=torch.where(success, distance(adv, oracle.images, Norm.LINF), torch.full_like(dist, float("inf"))),
+            l2=torch.where(success, distance(adv, oracle.images, Norm.L2), torch.full_like(dist, float("inf"))),
+            queries=oracle.queries.clamp(max=budget), seconds=seconds,
+            extras={"budget": budget, "batch_calls": oracle.batch_calls, "verify_fixed": fixed})
+    return out
+
+
+def verify(oracle: LabelOracle, adv: torch.Tensor, success: torch.Tensor,
+           scales: tuple[float, ...] = (1.0, 1.001, 1.01, 1.1)) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Re-check reported adversarials with the label function (evaluator queries, not counted against
+    the attack). Points found within 1e-5 of the boundary can flip when the model sees them in a batch
+    of another size (floating-point order); such rows are pushed out along ``adv - x`` by the first of
+    ``scales`` that verifies, else reported as failures. Returns ``(adv, success, n_pushed)``."""
+    rows = torch.nonzero(success).squeeze(1)
+    x0 = oracle.images
+    adv, success, pushed = adv.clone(), success.clone(), 0
+    for k, scale in enumerate(scales):
+        if rows.numel() == 0:
+            break
+        cand = (x0[rows] + scale * (adv[rows] - x0[rows])).clamp(0, 1)
+        pred = oracle.label_fn(cand).long().cpu()
+        ok = pred == oracle.targets[rows] if oracle.targeted else pred != oracle.labels[rows]
+        adv[rows[ok]] = cand[ok]
+        pushed += int(ok.sum()) if k else 0
+        rows = rows[~ok]
+    success[rows] = False
+    adv[rows] = x0[rows]
+    return adv, success, pushed
+
+
+def active_rows(active: torch.Tensor, oracle: LabelOracle) -> torch.Tensor:
+    """Indices of images still being attacked (active and with queries left)."""
+    return torch.nonzero(active & ~oracle.exhausted).squeeze(1)

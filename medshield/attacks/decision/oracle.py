@@ -1,0 +1,170 @@
+"""The label-only oracle every decision-based attack talks to.
+
+It answers "is this point adversarial?" for batches of queries from many images at once, counts every
+query per image (initialisation and binary searches included), never lets an image exceed its budget,
+and keeps the best adversarial found within each budget checkpoint, so one run yields every budget.
+Scores and gradients never leave it: the attack sees booleans only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from medshield.models import eval_mode, predict_labels
+from medshield.types import Norm
+
+LabelFn = Callable[[torch.Tensor], torch.Tensor]
+"""A batched label function: images ``[M, C, H, W]`` in [0, 1] -> predicted labels ``int64 [M]``.
+
+Anything that answers labels fits: a local model, a defended model (noise wrappers), a remote service."""
+
+QueryHook = Callable[[torch.Tensor, torch.Tensor], None]
+"""Called with ``(image_index [M], queries [M, C, H, W])`` before each batch is answered (detectors, logs)."""
+
+
+def model_label_fn(model: nn.Module, batch_size: int = 4096) -> LabelFn:
+    """A :data:`LabelFn` over a local model: eval mode, no grad, chunks of ``batch_size``; works for
+    1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def labels(x: torch.Tensor) -> torch.Tensor:
+        with eval_mode(model):
+            out = [predict_labels(model(chunk.to(device))).cpu() for chunk in x.split(batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+    return labels
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Per-row L2 or L-inf distance between two batches."""
+    diff = (a - b).flatten(1)
+    return diff.norm(dim=1) if norm == Norm.L2 else diff.abs().amax(dim=1)
+
+
+class LabelOracle:
+    """Label-only access to a classifier for ``N`` images, with per-image query budgets.
+
+    ``query(idx, x)`` answers whether each ``x[j]`` (a candidate for image ``idx[j]``) is adversarial:
+    misclassified (untargeted) or classified as ``targets[idx[j]]`` (targeted). Queries past an image's
+    budget are not sent to the model and read as "not adversarial", so an attack can never profit from
+    them; ``exhausted`` tells the attack to stop. Every adversarial answer is a verified candidate; the
+    oracle keeps, for each budget ``b``, the closest one found within the image's first ``b`` queries.
+
+    Example:
+        oracle = LabelOracle(model_label_fn(model), x, y, budgets=[1000, 5000])
+        HopSkipJump().run(oracle, torch.Generator().manual_seed(0))
+        adv, l2 = oracle.best(5000)
+    """
+
+    def __init__(
+        self,
+        label_fn: LabelFn,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        budgets: Sequence[int],
+        targets: torch.Tensor | None = None,
+        norm: Norm | str = Norm.L2,
+        hooks: Sequence[QueryHook] = (),
+        max_batch: int = 8192,
+    ) -> None:
+        budgets = sorted({int(b) for b in budgets})
+        if not budgets or budgets[0] < 1:
+            raise ValueError(f"budgets must be positive query counts, got {list(budgets)}")
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ValueError(f"images must be [N, C, H, W] and labels [N]; got {tuple(images.shape)} and {tuple(labels.shape)}")
+        self.label_fn, self.hooks, self.max_batch = label_fn, tuple(hooks), max_batch
+        self.images = images.detach().clone().float()
+        self.labels = labels.detach().clone().long()
+        self.targets = None if targets is None else targets.detach().clone().long()
+        self.norm = Norm.parse(norm)
+        self.budgets = budgets
+        self.max_budget = budgets[-1]
+        n = images.shape[0]
+        self.queries = torch.zeros(n, dtype=torch.long)
+        self.best_dist = torch.full((n, len(budgets)), float("inf"))
+        self.best_x = self.images.unsqueeze(1).repeat(1, len(budgets), 1, 1, 1)
+        self.batch_calls = 0
+
+    @property
+    def n(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def targeted(self) -> bool:
+        return self.targets is not None
+
+    @property
+    def remaining(self) -> torch.Tensor:
+        return self.max_budget - self.queries
+
+    @property
+    def exhausted(self) -> torch.Tensor:
+        """Images with no query left."""
+        return self.queries >= self.max_budget
+
+    def current_best(self) -> torch.Tensor:
+        """Best distance so far per image (inf where no adversarial has been found)."""
+        return self.best_dist[:, -1]
+
+    def query(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``bool [M]``: is ``x[j]`` adversarial for image ``idx[j]``? One batched label call."""
+        idx = idx.long().reshape(-1)
+        if idx.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        x = x.reshape(idx.numel(), *self.images.shape[1:]).clamp(0, 1)
+        seq = self._sequence_numbers(idx)
+        ok = seq <= self.max_budget
+        adv = torch.zeros(idx.numel(), dtype=torch.bool)
+        if ok.any():
+            sent_idx, sent_x = idx[ok], x[ok]
+            for hook in self.hooks:
+                hook(sent_idx, sent_x)
+            pred = torch.cat([self.label_fn(c) for c in sent_x.split(self.max_batch)]).long().cpu()
+            self.batch_calls += 1
+            hit = pred == self.targets[sent_idx] if self.targeted else pred != self.labels[sent_idx]
+            adv[ok] = hit
+            self._record(sent_idx, sent_x, seq[ok], hit)
+        self.queries += torch.bincount(idx[ok], minlength=self.n)
+        return adv
+
+    def _sequence_numbers(self, idx: torch.Tensor) -> torch.Tensor:
+        """1-based query number of each row for its image (earlier rows first)."""
+        order = torch.argsort(idx, stable=True)
+        sorted_idx = idx[order]
+        first = torch.ones_like(sorted_idx, dtype=torch.bool)
+        first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+        pos = torch.arange(idx.numel())
+        start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), dim=0).values
+        rank = torch.empty_like(pos)
+        rank[order] = pos - start + 1
+        return self.queries[idx] + rank
+
+    def _record(self, idx: torch.Tensor, x: torch.Tensor, seq: torch.Tensor, hit: torch.Tensor) -> None:
+        if not hit.any():
+            return
+        idx, x, seq = idx[hit], x[hit], seq[hit]
+        dist = distance(x, self.images[idx], self.norm)
+        for k, budget in enumerate(self.budgets):
+            within = seq <= budget
+            if not within.any():
+                continue
+            d = torch.where(within, dist, torch.full_like(dist, float("inf")))
+            best = torch.full((self.n,), float("inf")).scatter_reduce(0, idx, d, "amin")
+            improve = best < self.best_dist[:, k]
+            if not improve.any():
+                continue
+            rows = torch.nonzero(within & improve[idx] & (d == best[idx])).squeeze(1)
+            self.best_x[idx[rows], k] = x[rows]
+            self.best_dist[idx[rows], k] = d[rows]
+
+    def best(self, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The closest adversarial found within ``budget`` queries per image, and its distance
+        (the original image and inf where none was found)."""
+        if budget not in self.budgets:
+            raise ValueError(f"budget {budget} is not a checkpoint of this oracle ({self.budgets})")
+        k = self.budgets.index(budget)
+        return self.best_x[:, k].clone(), self.best_dist[:, k].clone()

@@ -1,0 +1,88 @@
+"""The label-only oracle: query counting, exact budgets, per-budget best adversarials, hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from medshield.attacks.decision import LabelOracle, model_label_fn
+from medshield.attacks.decision.geometry import start_points
+from medshield.types import Norm
+
+
+def threshold_fn(x: torch.Tensor) -> torch.Tensor:
+    """Label 1 where the mean pixel exceeds 0.5, else 0."""
+    return (x.flatten(1).mean(dim=1) > 0.5).long()
+
+
+def make_oracle(budgets: list[int] = [3, 5], n: int = 2) -> LabelOracle:  # noqa: B006
+    images = torch.full((n, 1, 2, 2), 0.2)
+    return LabelOracle(threshold_fn, images, torch.zeros(n, dtype=torch.long), budgets)
+
+
+def test_counts_every_query_per_image() -> None:
+    oracle = make_oracle()
+    idx = torch.tensor([0, 0, 1])
+    adv = oracle.query(idx, torch.stack([torch.full((1, 2, 2), 0.9), torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.9)]))
+    assert adv.dtype == torch.bool and adv.tolist() == [True, False, True]
+    assert oracle.queries.tolist() == [2, 1]
+    assert oracle.batch_calls == 1
+
+
+def test_never_exceeds_budget_and_over_budget_reads_not_adversarial() -> None:
+    oracle = make_oracle(budgets=[2, 4])
+    calls = []
+    oracle.label_fn = lambda x: (calls.append(x.shape[0]), threshold_fn(x))[1]
+    adv = oracle.query(torch.zeros(6, dtype=torch.long), torch.full((6, 1, 2, 2), 0.9))
+    assert adv.tolist() == [True] * 4 + [False] * 2
+    assert oracle.queries.tolist() == [4, 0] and calls == [4]
+    assert oracle.exhausted.tolist() == [True, False]
+    assert not oracle.query(torch.tensor([0]), torch.full((1, 1, 2, 2), 0.9)).any()
+    assert oracle.queries.tolist() == [4, 0] and calls == [4]
+
+
+def test_best_per_budget_respects_query_order_within_a_batch() -> None:
+    oracle = make_oracle(budgets=[2, 4])
+    far, near = torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 0.6)
+    oracle.query(torch.zeros(4, dtype=torch.long), torch.stack([torch.full((1, 2, 2), 0.1), far, near, far]))
+    x2, d2 = oracle.best(2)
+    x4, d4 = oracle.best(4)
+    assert d2[0] == pytest.approx(1.6) and d4[0] == pytest.approx(0.8)
+    assert torch.equal(x2[0], far) and torch.equal(x4[0], near)
+    assert torch.isinf(d2[1]) and torch.isinf(d4[1])
+    with pytest.raises(ValueError, match="checkpoint"):
+        oracle.best(3)
+
+
+def test_targeted_and_linf_and_hooks() -> None:
+    seen = []
+    oracle = LabelOracle(threshold_fn, torch.full((1, 1, 2, 2), 0.2), torch.tensor([0]), [10],
+                         targets=torch.tensor([0]), norm="linf", hooks=[lambda i, x: seen.append(i.tolist())])
+    assert oracle.query(torch.tensor([0]), torch.full((1, 1, 2, 2), 0.4)).tolist() == [True]
+    assert oracle.best(10)[1][0] == pytest.approx(0.2) and oracle.norm == Norm.LINF
+    assert seen == [[0]]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="budgets"):
+        LabelOracle(threshold_fn, torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), [0])
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        LabelOracle(threshold_fn, torch.zeros(1, 2, 2), torch.zeros(1, dtype=torch.long), [5])
+
+
+def test_already_misclassified_image_is_done_at_distance_zero() -> None:
+    images = torch.tensor([0.2, 0.8]).view(2, 1, 1, 1).expand(2, 1, 2, 2).clone()
+    oracle = LabelOracle(threshold_fn, images, torch.tensor([0, 0]), [50])
+    _, active = start_points(oracle, torch.Generator().manual_seed(0), None, Norm.L2, 1e-3)
+    assert active.tolist() == [True, False]
+    assert oracle.best(50)[1][1] == 0 and oracle.queries[1] == 1
+
+
+def test_model_label_fn_single_and_two_logit() -> None:
+    x = torch.rand(5, 3)
+    one = nn.Linear(3, 1)
+    two = nn.Sequential(one, nn.Flatten(), nn.Linear(1, 2))
+    labels = model_label_fn(one, batch_size=2)(x)
+    assert labels.dtype == torch.long and labels.tolist() == (one(x).squeeze(1) > 0).long().tolist()
+    assert model_label_fn(two)(x).shape == (5,)
