@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
-
-import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from medshield.attacks import pgd
-from medshield.attacks.base import attack_loss
-from medshield.models import create_model
+from medshield.attacks import pgd  # noqa: E402
+from medshield.attacks.base import attack_loss  # noqa: E402
+from medshield.models import create_model  # noqa: E402
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 STEPS = 10

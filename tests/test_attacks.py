@@ -120,6 +120,7 @@ def test_efficacy_accuracy_falls_and_targeted_success_rises(fitted) -> None:
     assert tgt.success_rate > 0.9
 
 
+@pytest.mark.slow
 def test_cw_smaller_l2_than_pgd_l2_at_equal_success(fitted) -> None:
     model, x, y = fitted
     cw = CarliniWagnerL2(steps=100, binary_search_steps=6).attack(model, x, y, eps=None)

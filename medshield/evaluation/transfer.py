@@ -53,7 +53,7 @@ def transfer_record(source: str, target: str, y: torch.Tensor, clean_logits: tor
     correct = clean_pred == y
     m = classification_metrics(y, probabilities(adv_logits), positive_class, n_bootstrap=0)
     return {**meta, "source": source, "target": target, "white_box": source == target, "n": int(y.shape[0]),
-            "clean_accuracy": float(correct.float().mean()), "robust_accuracy": float((adv_pred == y).float().mean()),
+            "clean_accuracy": float(correct.double().mean()), "robust_accuracy": float((adv_pred == y).double().mean()),
             "success_rate": float((correct & (adv_pred != y)).sum()) / max(int(correct.sum()), 1),
             "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity"), "source_seconds": seconds}
 

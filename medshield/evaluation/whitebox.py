@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from medshield.attacks import Attack, MinimizationAttack, create_attack
-from medshield.attacks.base import model_bounds
 from medshield.evaluation.checks import check_result, merge_checks, model_checks
 from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.store import RecordStore
@@ -76,9 +75,14 @@ def run_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tens
         parts.append(attack.attack(model, xb.to(device), yb.to(device), eps=eps, generator=gen))
         if advance:
             advance(xb.shape[0])
+    return concat_results(parts, sum(p.seconds for p in parts))
+
+
+def concat_results(parts: list[AttackResult], seconds: float) -> AttackResult:
+    """One result (on CPU) from per-batch results."""
     cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
     return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
-                        queries=cat("queries"), seconds=sum(p.seconds for p in parts),
+                        queries=cat("queries"), seconds=seconds,
                         extras={"logits": torch.cat([p.extras["logits"].cpu() for p in parts])})
 
 
@@ -89,10 +93,7 @@ def rebudget(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     parts = [attack.finalize(model, xb.to(device), yb.to(device), ab.to(device), eps, False, qb.to(device), norm=norm)
              for xb, yb, ab, qb in zip(x.split(batch_size), y.split(batch_size), raw.adversarial.split(batch_size),
                                         raw.queries.split(batch_size))]
-    cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
-    return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
-                        queries=cat("queries"), seconds=raw.seconds,
-                        extras={"logits": torch.cat([p.extras["logits"].cpu() for p in parts])})
+    return concat_results(parts, raw.seconds)
 
 
 def direction_breakdown(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor,
@@ -107,7 +108,7 @@ def direction_breakdown(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred
         n_correct = int(correct.sum())
         out[name] = {"n": int(mask.sum()), "clean_correct": n_correct, "flipped": int(flipped.sum()),
                      "flip_rate": int(flipped.sum()) / n_correct if n_correct else None,
-                     "robust_accuracy": float((adv_pred[mask] == labels[mask]).float().mean()) if mask.any() else None}
+                     "robust_accuracy": float((adv_pred[mask] == labels[mask]).double().mean()) if mask.any() else None}
     return out
 
 
@@ -119,13 +120,13 @@ def summarise(result: AttackResult, x: torch.Tensor, y: torch.Tensor, clean_logi
     adv_metrics = classification_metrics(y, probabilities(result.extras["logits"]), positive_class, n_bootstrap=0)
     return {
         "n": int(x.shape[0]),
-        "clean_accuracy": float(correct.float().mean()),
-        "robust_accuracy": float((adv_pred == y).float().mean()),
+        "clean_accuracy": float(correct.double().mean()),
+        "robust_accuracy": float((adv_pred == y).double().mean()),
         "success_rate": float((correct & (adv_pred != y)).sum()) / max(int(correct.sum()), 1),
         "sensitivity": adv_metrics.get("sensitivity"), "specificity": adv_metrics.get("specificity"),
         "mean_linf": float(result.linf.mean()), "max_linf": float(result.linf.max()) if x.shape[0] else 0.0,
         "mean_l2": float(result.l2.mean()), "max_l2": float(result.l2.max()) if x.shape[0] else 0.0,
-        "queries_per_image": float(result.queries.float().mean()) if x.shape[0] else 0.0,
+        "queries_per_image": float(result.queries.double().mean()) if x.shape[0] else 0.0,
         "seconds": result.seconds, "images_per_second": x.shape[0] / result.seconds if result.seconds else None,
         "directions": direction_breakdown(y, clean_pred, adv_pred, positive_class),
         "checks": check_result(result, x, eps, norm),

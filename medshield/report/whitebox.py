@@ -55,15 +55,18 @@ def write_whitebox_report(records: list[dict[str, Any]], out: Path, loaded: Mapp
         write_grid(model, ds, x, y, job, out / "grid.png", run)
 
 
-def write_grid(model, ds, x: torch.Tensor, y: torch.Tensor, job: Any, path: Path, run: str, per_class: int = 2) -> Path:
-    """Grid for the strongest listed gradient attack at the budget closest to 2/255, ``per_class`` images per class."""
+def write_grid(model, ds, x: torch.Tensor, y: torch.Tensor, job: Any, path: Path, run: str, per_class: int = 2,
+               pool: int = 16) -> Path:
+    """Grid for the strongest listed gradient attack at the budget closest to 2/255: ``per_class`` images per
+    class, successful ones first (picked from the first ``pool`` images of each class)."""
     name = next((a for a in ("pgd", "mifgsm", "bim", "fgsm") if a in job.attacks), job.attacks[0])
     eps = min(job.eps, key=lambda e: abs(e - 2 / 255))
-    idx = torch.cat([(y == c).nonzero().squeeze(1)[:per_class] for c in y.unique()])
-    xs, ys = x[idx], y[idx]
+    idx = torch.cat([(y == c).nonzero().squeeze(1)[:pool] for c in y.unique()])
     device = next(model.parameters()).device
-    res = create_attack(name, norm=job.norm).attack(model, xs.to(device), ys.to(device), eps=eps,
+    res = create_attack(name, norm=job.norm).attack(model, x[idx].to(device), y[idx].to(device), eps=eps,
                                                    generator=torch.Generator(device=device).manual_seed(job.seed))
-    return adversarial_grid(xs, res.adversarial.cpu(), probabilities(predict(model, xs)),
-                            probabilities(predict(model, res.adversarial.cpu())), path, class_names=ds.class_names,
-                            true_labels=ys, title=f"{run}: {name} eps={255 * eps:g}/255")
+    order = torch.argsort((~res.success.cpu()).int(), stable=True)  # successes first
+    pick = torch.cat([order[y[idx][order] == c][:per_class] for c in y.unique()])
+    xs, ys, adv = x[idx][pick], y[idx][pick], res.adversarial.cpu()[pick]
+    return adversarial_grid(xs, adv, probabilities(predict(model, xs)), probabilities(predict(model, adv)), path,
+                            class_names=ds.class_names, true_labels=ys, title=f"{run}: {name} eps={255 * eps:g}/255")
