@@ -125,7 +125,7 @@ def main() -> None:
     model, _ = load_run(args.run)
     model.eval()
     part = load_dataset(args.dataset, args.data_dir).test
-    idx = select_images(model, part, args.n_images, seed=0)
+    idx = select_images(model_label_fn(model), part, args.n_images, seed=0)
     x, y = part.images(idx.tolist()), part.labels[idx]
     rows = {}
     rows["medshield"] = run_ours(model, x, y, budgets)

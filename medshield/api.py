@@ -455,12 +455,14 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
     uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level)
 
-def blackbox(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
-             shard_size: int = 10) -> dict[str, Any]:
-    """Decision-based black-box evaluation (thesis chapter 5); writes ``OUT/blackbox.json``,
-    ``OUT/l2_vs_queries.png``, ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``)."""
+             shard_size: int = 10, target: str | None = None, api_key: str | None = None,
+             batch_size: int | None = None) -> dict[str, Any]:
+    """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
+    ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
+    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``)."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
@@ -468,14 +470,42 @@ def blackbox(run: str | Path, out: str | Path, dataset: str | None = None, data_
     cfg.attacks = attacks or list(cfg.attacks)
     cfg.budgets = sorted(budgets or list(cfg.budgets))
     cfg.defenses = defenses or list(cfg.defenses)
+    cfg.batch_size = batch_size or (64 if target else cfg.batch_size)
     if n_images < 1 or any(b < 1 for b in cfg.budgets):
         raise MedShieldError("--n-images and every --budgets value must be positive")
-    model, ds, _ = load_run_and_data(run, dataset, data_dir)
     out = Path(out)
-    summary = run_blackbox(model, ds.split(split), out, cfg)
-    summary.update(run=str(run), dataset=ds.name, split=split)
+    if target:
+        summary, ds = _remote_blackbox(target, api_key, dataset, data_dir, split, out, cfg)
+    else:
+        if run is None:
+            raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
+        model, ds, _ = load_run_and_data(run, dataset, data_dir)
+        summary = run_blackbox(model, ds.split(split), out, cfg)
+    summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")
     plot_strips(summary, out / "strips.png")
     (out / "blackbox.md").write_text(markdown_table(summary))
     return summary
+
+
+def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data_dir: str | Path | None,
+                     split: str, out: Path, cfg: Any) -> tuple[dict[str, Any], Dataset]:
+    """Attack a live MedShield service: queries are packed into batch requests of ``cfg.batch_size``."""
+    import os
+
+    from medshield.evaluation.blackbox import run_blackbox
+    from medshield.server.client import RemoteClassifier
+
+    key = api_key or os.environ.get("MEDSHIELD_API_KEY")
+    if not key:
+        raise MedShieldError("--target needs an API key: --api-key KEY or $MEDSHIELD_API_KEY")
+    if not dataset:
+        raise MedShieldError("--target needs --dataset (the images to attack)")
+    with RemoteClassifier(target, key, batch_size=cfg.batch_size) as remote:
+        info = remote.info()
+        channels, size = info["input_shape"][0], info["input_shape"][-1]
+        ds = load_dataset(dataset, data_dir, size=size, rgb=channels == 3)
+        summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target)
+        summary["remote"] = {"model": info, "queries_sent": remote.queries, "requests": remote.requests}
+    return summary, ds

@@ -288,8 +288,11 @@ def split_list(text: str, kind: type = str) -> list[Any]:
 @app.command()
 @user_errors
 def blackbox(
-    run: Annotated[Path, typer.Option("--run", help="Run directory of the model to attack.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
+    run: Annotated[Path | None, typer.Option("--run", help="Run directory of the model to attack.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="URL of a live `medshield serve` to attack instead.")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="API key for --target (or $MEDSHIELD_API_KEY).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per model call / HTTP request.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
     data_dir: DataDir = None,
     attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, opt, sign_opt, boundary.")] = "hsja,gbba,opt",
@@ -304,7 +307,7 @@ def blackbox(
 
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
-                           seed=seed, norm=norm)
+                           seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size)
     emit([{k: r[k] for k in ("attack", "defense", "budget", "mean_l2", "median_l2", "success_rate")}
           for r in summary["records"]])
 

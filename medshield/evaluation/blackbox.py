@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn, results_by_budget
+from medshield.attacks.decision.oracle import LabelFn
 from medshield.data import ImageSet
 from medshield.errors import MedShieldError
 from medshield.evaluation.store import RecordStore
-from medshield.models import predict, predict_labels
 from medshield.progress import progress_bar
 from medshield.registry import Registry
 
@@ -44,23 +44,38 @@ class BlackboxConfig:
     seed: int = 0
     n_bootstrap: int = 1000
     norm: str = "l2"
+    batch_size: int = 4096  # images per label-function call (a remote target gets one request per call)
 
 
-def select_images(model: nn.Module, part: ImageSet, n: int, seed: int) -> torch.Tensor:
+def select_images(label_fn: LabelFn, part: ImageSet, n: int, seed: int) -> torch.Tensor:
     """``n`` test-image indices drawn uniformly (``torch.Generator`` seeded with ``seed``) among the
-    images the model classifies correctly, sorted; the same run, split and seed give the same images."""
-    correct = torch.nonzero(predict_labels(predict(model, part.images())) == part.labels).squeeze(1)
+    images ``label_fn`` classifies correctly, sorted; the same target, split and seed give the same images."""
+    correct = torch.nonzero(label_fn(part.images()) == part.labels).squeeze(1)
     if correct.numel() < n:
         raise MedShieldError(f"only {correct.numel()} correctly classified images; ask for --n-images <= {correct.numel()}")
     pick = torch.randperm(correct.numel(), generator=torch.Generator().manual_seed(seed))[:n]
     return correct[pick].sort().values
 
 
-def run_job(attack_name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
+def counting(label_fn: LabelFn) -> tuple[LabelFn, list[int]]:
+    """``label_fn`` plus a one-element list counting the images sent through it."""
+    sent = [0]
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        sent[0] += int(x.shape[0])
+        return label_fn(x)
+
+    return counted, sent
+
+
+def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
             seed: int, desc: str) -> dict[str, Any]:
-    """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds."""
+    """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
+    ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
+    per-image queries), ``sent_verify`` the evaluator's re-checks afterwards."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm)
-    oracle = LabelOracle(model_label_fn(model), x, y, cfg.budgets, norm=attack.norm)
+    counted, sent = counting(label_fn)
+    oracle = LabelOracle(counted, x, y, cfg.budgets, norm=attack.norm)
     start = time.perf_counter()
     with progress_bar(desc, total=oracle.n * oracle.max_budget) as advance:
         seen = [0]
@@ -72,8 +87,11 @@ def run_job(attack_name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor
             seen[0] = used
 
         attack.run(oracle, torch.Generator().manual_seed(seed), progress=report)
+    sent_attack = sent[0]
     results = results_by_budget(oracle, time.perf_counter() - start)
     return {
+        "sent_attack": sent_attack,
+        "sent_verify": sent[0] - sent_attack,
         "l2": {str(b): r.l2.tolist() for b, r in results.items()},
         "linf": {str(b): r.linf.tolist() for b, r in results.items()},
         "queries": oracle.queries.tolist(),
@@ -113,9 +131,15 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     return records
 
 
-def run_blackbox(model: nn.Module, part: ImageSet, out: str | Path, cfg: BlackboxConfig) -> dict[str, Any]:
+def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
+                 label_fn: LabelFn | None = None, target: str = "local") -> dict[str, Any]:
     """Run every (defense, attack, shard) job not yet in ``OUT/jobs.json``; returns the summary dict
-    (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes."""
+    (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes.
+
+    ``label_fn`` replaces the local model (e.g. a remote service's labels): its defenses are the
+    service's own, so ``cfg.defenses`` must be ``["none"]`` and records carry ``defense="remote"``."""
+    if label_fn is not None and list(cfg.defenses) != ["none"]:
+        raise MedShieldError("a remote target applies its own defenses; use --defense none with --target")
     for name in cfg.attacks:
         DECISION_ATTACKS.get(name)
     for name in cfg.defenses:
@@ -123,20 +147,22 @@ def run_blackbox(model: nn.Module, part: ImageSet, out: str | Path, cfg: Blackbo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = RecordStore(out / "jobs.json")
-    indices = select_images(model, part, cfg.n_images, cfg.seed)
+    select_fn = label_fn or model_label_fn(model, cfg.batch_size)
+    indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
     records, strips = [], {}
     for defense in cfg.defenses:
-        defended = BLACKBOX_DEFENSES.create(defense, model=model, seed=cfg.seed)
+        fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(defense, model=model, seed=cfg.seed), cfg.batch_size)
+        defense = "remote" if label_fn is not None else defense
         for attack in cfg.attacks:
             jobs = []
             for k, rows in enumerate(torch.arange(x.shape[0]).split(cfg.shard_size)):
                 key = f"{defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|seed{cfg.seed}|" \
                       f"{','.join(map(str, indices[rows].tolist()))}"
                 desc = f"{attack} vs {defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
-                jobs.append(store.get_or_run(key, lambda: run_job(attack, defended, x[rows], y[rows], cfg,
+                jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
                                                                   cfg.seed + k, desc)))
             records += summarise(attack, defense, jobs, cfg)
             strips[f"{attack}|{defense}"] = jobs[0]["first_adversarial"]
-    return {"records": records, "config": cfg.__dict__, "image_indices": indices.tolist(),
+    return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),
             "image_shape": list(x.shape[1:]), "first_image": x[0].flatten().tolist(), "strips": strips}
