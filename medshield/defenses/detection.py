@@ -15,7 +15,7 @@ sets the threshold at a target false-positive rate on a benign stream.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
