@@ -74,3 +74,12 @@ def test_detector_batch_equals_one_by_one() -> None:
     for i in range(40):
         vb = b.observe("c", stream[i : i + 1])
     assert (va.suspicious, va.flagged_at) == (vb.suspicious, vb.flagged_at)
+
+
+def test_blackbox_defense_registry(tiny) -> None:  # noqa: ANN001
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+
+    assert BLACKBOX_DEFENSES.create("none", model=tiny) is tiny
+    assert isinstance(BLACKBOX_DEFENSES.create("rnd", model=tiny, seed=1), RND)
+    dnd = BLACKBOX_DEFENSES.create("dnd", model=tiny, seed=1, m=0.0, n=0.1)
+    assert isinstance(dnd, DND) and dnd.n == 0.1
