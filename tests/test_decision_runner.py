@@ -33,6 +33,6 @@ def test_summary_table_and_plots(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_defense_registry_hook() -> None:
-    assert BLACKBOX_DEFENSES.names() == ["none"]
+    assert BLACKBOX_DEFENSES.names() == ["dnd", "none", "rnd"]
     with pytest.raises(MedShieldError, match="did you mean 'none'"):
         BLACKBOX_DEFENSES.get("nne")
