@@ -99,6 +99,16 @@ class DirectionSearch(DecisionAttack):
         return best_theta, best_g, alpha
 
 
+def perturbed_directions(theta: torch.Tensor, beta: torch.Tensor, count: int,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``count`` Gaussian probes per direction: ``(u, rep, unit(theta[rep] + beta[rep] * u))`` where ``rep``
+    maps each probe to its row of ``theta`` (shared by OPT's and Sign-OPT's gradient estimates)."""
+    m = theta.shape[0]
+    u = unit(torch.randn((m * count, *theta.shape[1:]), generator=generator))
+    rep = torch.arange(m).repeat_interleave(count)
+    return u, rep, unit(theta[rep] + expand(beta[rep], u) * u)
+
+
 @DECISION_ATTACKS.register("opt")
 class OPT(DirectionSearch):
     """OPT attack (Cheng et al. 2019), L2, untargeted or targeted: random gradient-free estimate of
@@ -119,9 +129,7 @@ class OPT(DirectionSearch):
     def estimate(self, oracle: LabelOracle, idx: torch.Tensor, x0: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                  beta: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, q = idx.numel(), self.q
-        u = unit(torch.randn((m * q, *x0.shape[1:]), generator=generator))
-        rep = torch.arange(m).repeat_interleave(q)
-        probe = unit(theta[rep] + expand(beta[rep], u) * u)
+        u, rep, probe = perturbed_directions(theta, beta, q, generator)
         g1 = local_search(oracle, idx[rep], x0[rep], probe, g[rep], beta[rep] / 500)
         diff = torch.where(torch.isfinite(g1), g1 - g[rep], torch.zeros_like(g1)) / beta[rep]
         grad = (expand(diff, u) * u).view(m, q, *x0.shape[1:]).mean(dim=1)

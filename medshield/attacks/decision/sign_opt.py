@@ -8,8 +8,8 @@ import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.directions import INF
-from medshield.attacks.decision.geometry import expand, unit
-from medshield.attacks.decision.opt import DirectionSearch
+from medshield.attacks.decision.geometry import expand
+from medshield.attacks.decision.opt import DirectionSearch, perturbed_directions
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.types import Norm
 
@@ -33,9 +33,7 @@ class SignOPT(DirectionSearch):
     def estimate(self, oracle: LabelOracle, idx: torch.Tensor, x0: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,
                  beta: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, k = idx.numel(), self.k
-        u = unit(torch.randn((m * k, *x0.shape[1:]), generator=generator))
-        rep = torch.arange(m).repeat_interleave(k)
-        probe = unit(theta[rep] + expand(beta[rep], u) * u)
+        u, rep, probe = perturbed_directions(theta, beta, k, generator)
         adv = oracle.query(idx[rep], x0[rep] + expand(g[rep], u) * probe)
         sign = torch.where(adv, -1.0, 1.0)
         grad = (expand(sign, u) * u).view(m, k, *x0.shape[1:]).mean(dim=1)
