@@ -3,9 +3,7 @@ server counts exactly the queries the attack (plus image selection and re-checks
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
+import json
 from pathlib import Path
 
 import pytest
@@ -16,37 +14,23 @@ from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
 from medshield.server.app import ServeConfig, create_app
 from medshield.server.audit import read_audit
 from medshield.server.auth import KeyStore
+from server_helpers import serve_on_loopback
 
 uvicorn = pytest.importorskip("uvicorn")
 KEY = "key-remote-0123456789"
 
 
-def _serve(model, audit: Path):  # noqa: ANN001, ANN202
+def _app(model, audit: Path):  # noqa: ANN001, ANN202
     cfg = ServeConfig(model_name="smallcnn", channels=1, image_size=28, class_names=["normal", "opacity"],
                       audit_log=str(audit))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # loopback only
-    server = uvicorn.Server(uvicorn.Config(create_app(model, KeyStore([KEY]), cfg), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    return server, thread, sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return create_app(model, KeyStore([KEY]), cfg)
 
 
 def test_gbba_over_http_equals_in_process(tmp_path: Path, demo_model) -> None:  # noqa: ANN001
     budgets, n = [60, 200], 3
-    server, thread, sock, url = _serve(demo_model, tmp_path / "audit.jsonl")
-    try:
+    with serve_on_loopback(_app(demo_model, tmp_path / "audit.jsonl")) as url:
         remote = api.blackbox(None, tmp_path / "remote", dataset="demo", attacks=["gbba"], budgets=budgets,
                               n_images=n, seed=3, target=url, api_key=KEY, batch_size=64)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
     cfg = BlackboxConfig(attacks=["gbba"], budgets=budgets, n_images=n, seed=3, batch_size=64)
     local = run_blackbox(demo_model, load_demo().test, tmp_path / "local", cfg)
     assert remote["image_indices"] == local["image_indices"]
@@ -54,7 +38,7 @@ def test_gbba_over_http_equals_in_process(tmp_path: Path, demo_model) -> None:  
         assert (r["budget"], r["mean_l2"], r["median_l2"], r["success_rate"]) == \
                (l["budget"], l["mean_l2"], l["median_l2"], l["success_rate"])
     assert remote["records"][0]["defense"] == "remote"
-    job = next(iter(__import__("json").loads((tmp_path / "remote" / "jobs.json").read_text())["jobs"].values()))
+    job = next(iter(json.loads((tmp_path / "remote" / "jobs.json").read_text())["jobs"].values()))
     assert sum(job["queries"]) == job["sent_attack"] <= n * budgets[-1]
     served = sum(line["n"] for line in read_audit(tmp_path / "audit.jsonl") if line.get("status") == 200)
     selection = len(load_demo().test)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,32 +11,15 @@ import pytest
 import torch
 
 from medshield.defenses.limits import QueryLimiter
-from server_helpers import KEY, expected_labels, make_client
+from server_helpers import KEY, expected_labels, make_client, serve_on_loopback
 
 uvicorn = pytest.importorskip("uvicorn")
 
 
 @pytest.fixture
 def live_url(tmp_path: Path) -> Iterator[str]:
-    app = make_client(tmp_path, limiter=QueryLimiter(budget=20)).app
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # loopback only, a free port chosen by the OS
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 20 s")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_on_loopback(make_client(tmp_path, limiter=QueryLimiter(budget=20)).app) as url:
+        yield url
 
 
 def test_live_server_over_loopback(live_url: str, tmp_path: Path) -> None:
