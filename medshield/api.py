@@ -149,11 +149,20 @@ def evaluate(run: str | Path, dataset: str | None = None, data_dir: str | Path |
     return metrics
 
 
-def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, overwrite: bool = True) -> dict[str, Any]:
-    """Train ``smallcnn`` on the built-in synthetic phantoms and evaluate it."""
-    run = Path(out) / "model"
-    return train("demo", run, model="smallcnn", train_config=TrainConfig(epochs=epochs, seed=seed),
-                 overwrite=overwrite)
+def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, workers: int | None = None,
+         train_only: bool = False) -> dict[str, Any]:
+    """Train on the built-in synthetic phantoms and audit (see :func:`medshield.campaign.audit.demo`)."""
+    from medshield.campaign.audit import demo as run_demo
+
+    return run_demo(out, epochs=epochs, seed=seed, workers=workers, train_only=train_only)
+
+
+def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+          config: Any = None, **overrides: Any) -> dict[str, Any]:
+    """The one-command security audit (see :func:`medshield.campaign.audit.audit`)."""
+    from medshield.campaign.audit import audit as run_audit
+
+    return run_audit(runs, out, dataset=dataset, data_dir=data_dir, config=config, **overrides)
 
 
 def run_info(run: str | Path) -> dict[str, Any]:

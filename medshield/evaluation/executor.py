@@ -50,8 +50,12 @@ def run_jobs(
     workers: int = 1,
     address: str | None = None,
     description: str = "jobs",
+    threads: int | None = None,
 ) -> list[Any]:
-    """Run the jobs not yet in ``store``; returns every job's record in job order."""
+    """Run the jobs not yet in ``store``; returns every job's record in job order.
+
+    ``threads`` fixes torch's thread count inside every job whatever the executor (floating-point
+    reductions can depend on it, so a fixed value keeps results bit-identical across executors)."""
     jobs = list(jobs)
     if len({j.key for j in jobs}) != len(jobs):
         raise ValueError("job keys must be unique")
@@ -63,24 +67,35 @@ def run_jobs(
     with progress_bar(description, len(jobs)) as advance:
         advance(len(jobs) - len(todo))
         if executor == "ray":
-            _run_ray(todo, store, workers, address, advance)
+            _run_ray(todo, store, workers, address, advance, threads)
         elif workers == 1:
-            for job in todo:
-                store.put(job.key, run_job(job.fn, job.kwargs))
-                advance(1, info=job.key)
+            _run_inline(todo, store, advance, threads)
         else:
-            _run_pool(todo, store, workers, advance)
+            _run_pool(todo, store, workers, advance, threads)
     return [store.get(j.key) for j in jobs]
+
+
+def _run_inline(todo: list[Job], store: RecordStore, advance: Callable[..., None], threads: int | None) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        for job in todo:
+            store.put(job.key, run_job(job.fn, job.kwargs, threads))
+            advance(1, info=job.key)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callable[..., None]) -> None:
+def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callable[..., None],
+              threads: int | None = None) -> None:
     import multiprocessing as mp
 
-    threads = _threads_per_worker(workers)
+    threads = threads or _threads_per_worker(workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         pending = {pool.submit(run_job, j.fn, j.kwargs, threads): j for j in todo}
         while pending:
@@ -91,7 +106,8 @@ def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callab
                 advance(1, info=job.key)
 
 
-def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | None, advance: Callable[..., None]) -> None:
+def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | None, advance: Callable[..., None],
+             threads: int | None = None) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -106,7 +122,7 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
         remote = ray.remote(num_cpus=1)(run_job)
-        threads = 1 if address else _threads_per_worker(workers)
+        threads = threads or (1 if address else _threads_per_worker(workers))
         pending = {remote.remote(j.fn, j.kwargs, threads): j for j in todo}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -1,0 +1,1 @@
+"""Audit campaigns: YAML config -> jobs on any executor -> JSON records -> report."""

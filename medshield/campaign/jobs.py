@@ -1,0 +1,176 @@
+"""The campaign's job functions. Each takes JSON-able keyword arguments, loads what it needs, is
+deterministic from its arguments (own seeds, own noise generators) and returns JSON-able records, so
+any executor (inline, process pool, Ray) can run it and a killed campaign can re-run it."""
+
+from __future__ import annotations
+
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medshield.types import to_jsonable
+
+TIMING_KEYS = frozenset({"seconds", "images_per_second", "source_seconds", "train_seconds"})
+
+
+@lru_cache(maxsize=8)
+def _load(run: str, dataset: str | None, data_dir: str | None) -> tuple[Any, Any]:
+    from medshield.api import load_run_and_data
+
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    return model, ds
+
+
+def derived_seed(seed: int, *parts: Any) -> int:
+    """A job's own seed from the campaign seed and the job's identity (stable across runs and machines)."""
+    return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**31)
+
+
+def eval_images(ds: Any, split: str, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from medshield.api import _eval_images
+
+    return _eval_images(ds, split, n, seed)
+
+
+def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int) -> dict[str, Any]:
+    """Clean accuracy, sensitivity, specificity, AUC (bootstrap 95% CIs) of one model."""
+    from medshield.api import evaluate_model
+
+    model, ds = _load(run, dataset, data_dir)
+    metrics = evaluate_model(model, ds, split, seed=seed, n_bootstrap=bootstrap)
+    return {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
+            "n": len(ds.split(split)), "classes": ds.class_names, "positive_class": ds.positive_class, **metrics}
+
+
+def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
+                 eps: list[float], norm: str, n_images: int | None, batch_size: int) -> list[dict[str, Any]]:
+    """One attack at every eps on one model (records as ``medshield attack`` writes them)."""
+    from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
+    from medshield.types import Norm
+
+    model, ds = _load(run, dataset, data_dir)
+    x, y = eval_images(ds, split, n_images, seed)
+    job = WhiteboxJob(attacks=[attack], eps=list(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
+                      attack_kwargs={"pgd": {"restarts": 1}})
+    meta = {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
+            "channels": ds.channels}
+    return run_whitebox(model, x, y, job, positive_class=ds.positive_class, meta=meta)
+
+
+def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir: str | None, split: str, seed: int,
+                 attack: str, eps: float, norm: str, n_images: int | None, batch_size: int = 128) -> list[dict[str, Any]]:
+    """Adversarials made on ``source``, evaluated on every target (one row of the transfer matrix)."""
+    from medshield.attacks import create_attack
+    from medshield.evaluation.transfer import check_compatible, transfer_record
+    from medshield.evaluation.whitebox import eps_label, run_batched
+    from medshield.models import predict
+
+    src, ds = _load(source, dataset, data_dir)
+    models = {Path(t).name: _load(t, dataset, data_dir)[0] for t in targets}
+    check_compatible({Path(source).name: src, **models})
+    x, y = eval_images(ds, split, n_images, seed)
+    result = run_batched(create_attack(attack, norm=norm), src, x, y, eps, batch_size, seed)
+    meta = {"attack": attack, "norm": norm, "dataset": ds.name, "split": split, "eps": eps, "eps_label": eps_label(eps)}
+    return [transfer_record(Path(source).name, name, y, predict(m, x), predict(m, result.adversarial), result.seconds,
+                            ds.positive_class, meta) for name, m in models.items()]
+
+
+def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
+                 defense: str, indices: list[int], budgets: list[int], norm: str, shard: int) -> dict[str, Any]:
+    """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
+    generator seeded by the job's identity, so a re-run gives the same answers."""
+    from medshield.attacks.decision import model_label_fn
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, run_job
+
+    model, ds = _load(run, dataset, data_dir)
+    part = ds.split(split)
+    x, y = part.images(indices), part.labels[indices]
+    job_seed = derived_seed(seed, run, attack, defense, shard)
+    defended = BLACKBOX_DEFENSES.create(defense, model=model, seed=job_seed)
+    cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
+                         norm=norm)
+    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{Path(run).name} #{shard}]")
+    if shard:
+        rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
+    else:
+        rec["first_image"] = x[0].flatten().tolist()
+    return {"run": Path(run).name, "attack": attack, "defense": defense, "shard": shard, "indices": indices,
+            "image_shape": list(x.shape[1:]), **rec}
+
+
+def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,
+                       defense: str) -> dict[str, Any]:
+    """What an inference-time defense costs on the clean split: accuracy, AUC, flip rate."""
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+    from medshield.evaluation.defended import defended_clean_metrics
+
+    model, ds = _load(run, dataset, data_dir)
+    params = _defense_params(defense)
+    name = "none" if defense == "none" else defense
+    rec = defended_clean_metrics(model, ds, name, params, split=split, seed=derived_seed(seed, run, defense, "clean"))
+    BLACKBOX_DEFENSES.get(defense)
+    return {"run": Path(run).name, **rec}
+
+
+def _defense_params(defense: str) -> dict[str, float]:
+    """The black-box registry's default parameters of an inference defense."""
+    import inspect
+
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+
+    fn = BLACKBOX_DEFENSES.get(defense)
+    sig = inspect.signature(fn)
+    return {k: float(p.default) for k, p in sig.parameters.items() if k not in ("model", "seed")
+            and isinstance(p.default, (int, float))}
+
+
+def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
+                         out: str, train_attack: str, train_eps: str, train_steps: int, epochs: int,
+                         eval_attacks: str, eval_n: int | None, eval_eps: str) -> list[dict[str, Any]]:
+    """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training)."""
+    from medshield.api import defend, run_info
+    from medshield.models.train import TrainConfig
+
+    info = run_info(base_run)
+    model_name = info["model"]["name"]
+    resume = (Path(out) / "state").exists()
+    records = defend(dataset or info["data"]["dataset"], out, defense, model=model_name, data_dir=data_dir,
+                     train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
+                     train_config=TrainConfig(epochs=epochs, seed=seed), eval_attacks=eval_attacks,
+                     eval_eps=eval_eps, eval_n=eval_n, resume=resume, overwrite=not resume)
+    return [{"base_run": Path(base_run).name, **r} for r in records]
+
+
+def split_timings(value: Any) -> tuple[Any, Any]:
+    """``(value without timing fields, the timing fields)``: results must be identical run to run;
+    wall-clock times are kept apart."""
+    if isinstance(value, dict):
+        kept, times = {}, {}
+        for k, v in value.items():
+            if k in TIMING_KEYS:
+                times[k] = v
+                continue
+            kv, kt = split_timings(v)
+            kept[k] = kv
+            if kt not in (None, {}, []):
+                times[k] = kt
+        return kept, times
+    if isinstance(value, list):
+        pairs = [split_timings(v) for v in value]
+        times = [t for _, t in pairs]
+        return [k for k, _ in pairs], (times if any(t not in (None, {}, []) for t in times) else None)
+    return to_jsonable(value), None
+
+
+def detection_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attacks: list[str],
+                  budget: int, n_images: int) -> dict[str, Any]:
+    """Stateful stream detection on one model: when each attack's per-image query stream is flagged,
+    and how many benign streams (the test split, plain / noisy / shifted) are flagged falsely."""
+    from medshield.evaluation.detection import detection_summary
+
+    model, ds = _load(run, dataset, data_dir)
+    rec = detection_summary(model, ds, attacks=attacks, budget=budget, n_images=n_images, split=split, seed=seed)
+    return {"run": Path(run).name, **rec}

@@ -1,0 +1,186 @@
+"""Plan an audit campaign as independent jobs, run them on any executor, assemble the results.
+
+Jobs are (model x attack) for white-box, (source) for transfer, (model x attack x defense x image
+shard) for black-box, plus clean metrics, defended clean metrics, detection and training defenses.
+Finished jobs live in ``OUT/jobs.json`` (a :class:`RecordStore`): kill the campaign, run it again
+and it continues where it stopped. ``OUT/audit.json`` holds every result and no wall-clock time,
+so the same config and seed give a byte-identical file whichever executor ran it, interrupted or
+not; times go to ``OUT/timings.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medshield.campaign.config import CampaignConfig
+from medshield.campaign.jobs import derived_seed, split_timings
+from medshield.errors import MedShieldError
+from medshield.evaluation.executor import Job, run_jobs
+from medshield.evaluation.store import RecordStore
+from medshield.models.checkpoint import write_json
+
+JOBS = "medshield.campaign.jobs"
+
+
+def _name(run: str) -> str:
+    return Path(run).name
+
+
+def validate(cfg: CampaignConfig) -> None:
+    """Fail fast on unknown attack/defense names (with did-you-mean) before any work starts."""
+    from medshield.attacks import ATTACKS
+    from medshield.attacks.decision import DECISION_ATTACKS
+    from medshield.defenses.training import TRAINING_DEFENSES
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+    from medshield.evaluation.whitebox import parse_eps
+
+    for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
+        ATTACKS.get(name)
+    for name in cfg.blackbox.attacks + cfg.detection.attacks:
+        DECISION_ATTACKS.get(name)
+    for name in cfg.blackbox.defenses:
+        BLACKBOX_DEFENSES.get(name)
+    for name in cfg.defenses.defenses:
+        TRAINING_DEFENSES.get(name)
+    try:
+        parse_eps(cfg.whitebox.eps), parse_eps(cfg.transfer.eps), parse_eps(cfg.defenses.train_eps)
+    except ValueError as exc:
+        raise MedShieldError(str(exc)) from exc
+
+
+def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: str | None, out: Path) -> list[Job]:
+    """Every job of the campaign, in a stable order with stable keys."""
+    from medshield.evaluation.whitebox import parse_eps
+
+    base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed}
+    jobs: list[Job] = []
+    for run in runs:
+        if cfg.clean.enabled:
+            jobs.append(Job(f"clean|{_name(run)}", f"{JOBS}:clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap}))
+        if cfg.whitebox.enabled:
+            wb = cfg.whitebox
+            for attack in wb.attacks:
+                jobs.append(Job(f"whitebox|{_name(run)}|{attack}", f"{JOBS}:whitebox_job",
+                                {"run": run, **base, "attack": attack, "eps": parse_eps(wb.eps), "norm": wb.norm,
+                                 "n_images": wb.n_images, "batch_size": wb.batch_size}))
+    jobs += _transfer_jobs(cfg, runs, base)
+    if cfg.blackbox.enabled or cfg.detection.enabled:
+        for run in runs:
+            jobs += _blackbox_jobs(cfg, run, base)
+    if cfg.defenses.enabled:
+        jobs += _training_defense_jobs(cfg, runs, base, out)
+    return jobs
+
+
+def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -> list[Job]:
+    from medshield.evaluation.whitebox import parse_eps
+
+    models = list(dict.fromkeys(runs + cfg.transfer.models))
+    if not cfg.transfer.enabled or len(models) < 2:
+        return []
+    eps = parse_eps(cfg.transfer.eps)[0]
+    return [Job(f"transfer|{_name(src)}|{cfg.transfer.attack}|{eps:.8g}", f"{JOBS}:transfer_job",
+                {"source": src, "targets": models, **base, "attack": cfg.transfer.attack, "eps": eps, "norm": "linf",
+                 "n_images": cfg.transfer.n_images}) for src in models]
+
+
+def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int) -> list[int]:
+    """``n`` correctly classified test images, the same for every attack and defense of a model."""
+    from medshield.attacks.decision import model_label_fn
+    from medshield.campaign.jobs import _load
+    from medshield.evaluation.blackbox import select_images
+
+    model, ds = _load(run, base["dataset"], base["data_dir"])
+    return select_images(model_label_fn(model), ds.split(cfg.split), n, cfg.seed).tolist()
+
+
+def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
+    bb, jobs = cfg.blackbox, []
+    if bb.enabled:
+        idx = blackbox_indices(cfg, run, base, bb.n_images)
+        shards = [idx[i:i + bb.shard_size] for i in range(0, len(idx), bb.shard_size)]
+        for defense in bb.defenses:
+            jobs.append(Job(f"defended_clean|{_name(run)}|{defense}", f"{JOBS}:defended_clean_job",
+                            {"run": run, **base, "defense": defense}))
+            for attack in bb.attacks:
+                for k, shard in enumerate(shards):
+                    jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}", f"{JOBS}:blackbox_job",
+                                    {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
+                                     "budgets": bb.budgets, "norm": bb.norm, "shard": k}))
+    if cfg.detection.enabled:
+        det = cfg.detection
+        jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",
+                        {"run": run, **base, "attacks": det.attacks, "budget": det.budget, "n_images": det.n_images}))
+    return jobs
+
+
+def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any], out: Path) -> list[Job]:
+    d = cfg.defenses
+    return [Job(f"defense|{_name(run)}|{defense}", f"{JOBS}:training_defense_job",
+                {"dataset": base["dataset"], "data_dir": base["data_dir"], "seed": cfg.seed, "defense": defense,
+                 "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
+                 "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
+                 "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps})
+            for run in runs for defense in d.defenses]
+
+
+def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,
+                 data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or continue) the campaign; writes ``OUT/audit.json`` and ``OUT/timings.json`` and returns
+    the results dict the report is rendered from."""
+    if not runs:
+        raise MedShieldError("an audit needs at least one model: --run RUN")
+    for run in runs:
+        if not (Path(run) / "config.json").is_file():
+            raise MedShieldError(f"{run} is not a trained run (no config.json)")
+    validate(cfg)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = str(data_dir) if data_dir is not None else None
+    jobs = plan(cfg, runs, dataset, data_dir, out)
+    store = RecordStore(out / "jobs.json")
+    outputs = run_jobs(jobs, store, executor=cfg.executor, workers=cfg.workers, address=cfg.address,
+                       description="audit", threads=cfg.threads_per_job)
+    results, timings = assemble(cfg, jobs, outputs)
+    write_json(out / "audit.json", results)
+    write_json(out / "timings.json", timings)
+    return results
+
+
+def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Group job outputs into result sections; wall-clock fields are split off into timings."""
+    from medshield.evaluation.blackbox import BlackboxConfig, summarise
+
+    res: dict[str, Any] = {"config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
+                           "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
+                           "defenses": [], "strips": {}}
+    timings: dict[str, Any] = {}
+    shards: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for job, out in zip(jobs, outputs):
+        kind = job.key.split("|")[0]
+        kept, times = split_timings(out)
+        timings[job.key] = times
+        if kind == "blackbox":
+            shards.setdefault((kept["run"], kept["attack"], kept["defense"]), []).append(out)
+        elif kind == "defense":
+            res["defenses"] += kept
+        elif kind in ("whitebox", "transfer"):
+            res[kind] += kept
+        else:
+            res[{"clean": "clean", "defended_clean": "defended_clean", "detection": "detection"}[kind]].append(kept)
+    bb = cfg.blackbox
+    bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=bb.norm)
+    costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}
+    for (run, attack, defense), parts in shards.items():
+        parts.sort(key=lambda p: p["shard"])
+        cost = costs.get((run, defense), {})
+        for rec in summarise(attack, defense, parts, bcfg):
+            kept, _ = split_timings(rec)
+            res["blackbox"].append({"run": run, **kept, "defended_clean_accuracy": cost.get("accuracy"),
+                                    "defended_clean_auc": cost.get("auc"), "flip_rate": cost.get("flip_rate")})
+        res["strips"][f"{run}|{attack}|{defense}"] = {"index": parts[0]["indices"][0],
+                                                      "image_shape": parts[0]["image_shape"],
+                                                      "original": parts[0]["first_image"],
+                                                      "adversarial": parts[0]["first_adversarial"]}
+    return res, timings
