@@ -459,14 +459,15 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, adaptive_k: int = 1) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
-    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``)."""
+    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
+    such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
-    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size)
+    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size, adaptive_k=adaptive_k)
     cfg.attacks = attacks or list(cfg.attacks)
     cfg.budgets = sorted(budgets or list(cfg.budgets))
     cfg.defenses = defenses or list(cfg.defenses)
@@ -480,7 +481,7 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
         model, ds, _ = load_run_and_data(run, dataset, data_dir)
-        summary = run_blackbox(model, ds.split(split), out, cfg)
+        summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class)
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from medshield.data import Dataset
@@ -21,18 +22,25 @@ def defended_clean_metrics(model: nn.Module, ds: Dataset, defense: str, params: 
                            split: str = "test", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
     """Clean accuracy/AUC of ``defend(model, defense, **params)`` (mean over repeats) and flip rate."""
     part = ds.split(split)
-    x, y = part.images(), part.labels
+    out = defended_metrics(model, part.images(), part.labels, ds.positive_class, defense, params, repeats, seed)
+    return {"defense": defense, **params, "split": split, **out}
+
+
+def defended_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, positive_class: int | None,
+                     defense: str, params: dict[str, float], repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """``repeats``, ``accuracy``, ``auc`` (means over repeated noisy passes) and ``flip_rate`` of the
+    defended model on images ``x`` with labels ``y`` (one pass when ``defense`` is ``none``)."""
     clean_labels = predict_labels(predict(model, x))
     wrapped = defend(model, defense, seed=seed, **params) if defense != "none" else model
     accs, aucs, flips = [], [], []
     for _ in range(repeats if defense != "none" else 1):
         logits = predict(wrapped, x)
-        m = point_metrics(y.numpy(), probabilities(logits).numpy(), ds.positive_class)
+        m = point_metrics(y.numpy(), probabilities(logits).numpy(), positive_class)
         accs.append(m["accuracy"])
         aucs.append(m["auc"])
         flips.append(float((predict_labels(logits) != clean_labels).float().mean()))
-    return {"defense": defense, **params, "split": split, "repeats": len(accs),
-            "accuracy": sum(accs) / len(accs), "auc": sum(aucs) / len(aucs), "flip_rate": sum(flips) / len(flips)}
+    return {"repeats": len(accs), "accuracy": sum(accs) / len(accs), "auc": sum(aucs) / len(aucs),
+            "flip_rate": sum(flips) / len(flips)}
 
 
 def tradeoff_curve(model: nn.Module, ds: Dataset, grid: dict[str, list[dict[str, float]]],
