@@ -510,3 +510,40 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
         summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target)
         summary["remote"] = {"model": info, "queries_sent": remote.queries, "requests": remote.requests}
     return summary, ds
+
+
+# ---- black-box defenses: stream detection and clean-input trade-off (issue 6) ----
+
+def detect(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+           **options: Any) -> dict[str, Any]:
+    """Stream-detector evaluation (attack streams flagged, benign false positives; see
+    :mod:`medshield.evaluation.detection`); ``options`` are :class:`DetectionConfig` fields.
+    Writes ``OUT/detection.json`` and ``OUT/detection.md``."""
+    from medshield.evaluation.detection import DetectionConfig, detection_markdown, run_detection
+
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    summary = run_detection(model, ds, DetectionConfig(**{k: v for k, v in options.items() if v is not None}))
+    summary.update(run=str(run), dataset=ds.name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "detection.json", summary)
+    (out / "detection.md").write_text(detection_markdown(summary))
+    return summary
+
+
+def defense_tradeoff(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+                     **options: Any) -> dict[str, Any]:
+    """Clean accuracy and flip rate vs noise level for RND and DND with the chosen operating points
+    (:func:`medshield.evaluation.defended.tradeoff_sweeps`); writes ``OUT/tradeoff.json``, ``.md``, ``.png``."""
+    from medshield.evaluation.defended import tradeoff_sweeps
+    from medshield.report.tradeoff_plot import plot_tradeoff, tradeoff_markdown
+
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    summary = tradeoff_sweeps(model, ds, **{k: v for k, v in options.items() if v is not None})
+    summary.update(run=str(run), dataset=ds.name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tradeoff.json", summary)
+    (out / "tradeoff.md").write_text(tradeoff_markdown(summary))
+    plot_tradeoff(summary, out / "tradeoff.png")
+    return summary

@@ -317,6 +317,11 @@ def blackbox(
           for r in summary["records"]])
 
 
+from medshield.cli_defense import register as _register_defense_commands  # noqa: E402
+
+_register_defense_commands(app)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("MEDSHIELD_LOG", "INFO"), format="%(message)s", stream=sys.stderr)
     app()
