@@ -80,3 +80,15 @@ def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path
     again = bb.run_blackbox(demo_model, part, tmp_path, cfg, positive_class=1)
     assert again["records"] == summary["records"]
     assert "| rnd:nu=0.3 |" in markdown_table(summary)
+
+
+def test_adaptive_k_on_deterministic_model_is_plain_attack_at_budget_over_k(demo_model, tmp_path) -> None:  # noqa: ANN001
+    from medshield.data import load_demo
+    from medshield.evaluation.blackbox import run_blackbox
+
+    part = load_demo().test
+    plain = run_blackbox(demo_model, part, tmp_path / "k1", BlackboxConfig(attacks=["hsja"], budgets=[60], n_images=2,
+                                                                            n_bootstrap=10, clean_repeats=1))
+    voted = run_blackbox(demo_model, part, tmp_path / "k3", BlackboxConfig(attacks=["hsja"], budgets=[180], n_images=2,
+                                                                            n_bootstrap=10, clean_repeats=1, adaptive_k=3))
+    assert voted["records"][0]["l2_per_image"] == plain["records"][0]["l2_per_image"]  # 180 queries = 60 answers
