@@ -119,8 +119,8 @@ def test_majority_vote_over_noisy_model_flips_less() -> None:
     def noisy(x: torch.Tensor) -> torch.Tensor:  # a fresh noise draw per row, like RND
         return ((x.flatten(1).mean(1) + 0.1 * torch.randn(x.shape[0], generator=g)) > 0.5).long()
 
-    x = torch.full((2000, 1, 2, 2), 0.55)  # true label 1; a single query flips ~31% of the time
+    x = torch.full((2000, 1, 2, 2), 0.6)  # true label 1; a single query flips ~16% of the time, 5 votes ~3%
     single = (noisy(x) != 1).float().mean()
     voted = (majority_vote(noisy, 5)(x) != 1).float().mean()
-    assert 0.2 < single and voted < single / 2
+    assert 0.1 < single and voted < single / 3
     assert majority_vote(noisy, 1) is noisy
