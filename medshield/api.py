@@ -468,14 +468,15 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, adaptive_k: int = 1) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
-    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``)."""
+    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
+    such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
-    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size)
+    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size, adaptive_k=adaptive_k)
     cfg.attacks = attacks or list(cfg.attacks)
     cfg.budgets = sorted(budgets or list(cfg.budgets))
     cfg.defenses = defenses or list(cfg.defenses)
@@ -489,7 +490,7 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
         model, ds, _ = load_run_and_data(run, dataset, data_dir)
-        summary = run_blackbox(model, ds.split(split), out, cfg)
+        summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class)
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")
@@ -518,3 +519,40 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
         summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target)
         summary["remote"] = {"model": info, "queries_sent": remote.queries, "requests": remote.requests}
     return summary, ds
+
+
+# ---- black-box defenses: stream detection and clean-input trade-off (issue 6) ----
+
+def detect(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+           **options: Any) -> dict[str, Any]:
+    """Stream-detector evaluation (attack streams flagged, benign false positives; see
+    :mod:`medshield.evaluation.detection`); ``options`` are :class:`DetectionConfig` fields.
+    Writes ``OUT/detection.json`` and ``OUT/detection.md``."""
+    from medshield.evaluation.detection import DetectionConfig, detection_markdown, run_detection
+
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    summary = run_detection(model, ds, DetectionConfig(**{k: v for k, v in options.items() if v is not None}))
+    summary.update(run=str(run), dataset=ds.name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "detection.json", summary)
+    (out / "detection.md").write_text(detection_markdown(summary))
+    return summary
+
+
+def defense_tradeoff(run: str | Path, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+                     **options: Any) -> dict[str, Any]:
+    """Clean accuracy and flip rate vs noise level for RND and DND with the chosen operating points
+    (:func:`medshield.evaluation.defended.tradeoff_sweeps`); writes ``OUT/tradeoff.json``, ``.md``, ``.png``."""
+    from medshield.evaluation.defended import tradeoff_sweeps
+    from medshield.report.tradeoff_plot import plot_tradeoff, tradeoff_markdown
+
+    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    summary = tradeoff_sweeps(model, ds, **{k: v for k, v in options.items() if v is not None})
+    summary.update(run=str(run), dataset=ds.name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "tradeoff.json", summary)
+    (out / "tradeoff.md").write_text(tradeoff_markdown(summary))
+    plot_tradeoff(summary, out / "tradeoff.png")
+    return summary

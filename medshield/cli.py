@@ -339,7 +339,10 @@ def blackbox(
     attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, opt, sign_opt, boundary.")] = "hsja,gbba,opt",
     budgets: Annotated[str, typer.Option("--budgets", help="Comma list of query budgets per image.")] = "1000,5000,10000,15000,20000",
     n_images: Annotated[int, typer.Option("--n-images", help="Correctly classified test images (seeded choice).")] = 50,
-    defense: Annotated[str, typer.Option("--defense", help="Comma list of inference-time defenses.")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help="Comma list of inference-time defenses with optional "
+                                         "parameters: none,rnd:nu=0.05,dnd:m=0.01:n=0.5")] = "none",
+    adaptive: Annotated[int, typer.Option("--adaptive", help="Adaptive attacker: repeat each query K times, "
+                                          "majority label (budgets count all K).")] = 1,
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
     seed: Seed = 0,
 ) -> None:
@@ -348,9 +351,16 @@ def blackbox(
 
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
-                           seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size)
-    emit([{k: r[k] for k in ("attack", "defense", "budget", "mean_l2", "median_l2", "success_rate")}
+                           seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
+                           adaptive_k=adaptive)
+    emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
+                             "defended_clean_accuracy")}
           for r in summary["records"]])
+
+
+from medshield.cli_defense import register as _register_defense_commands  # noqa: E402
+
+_register_defense_commands(app)
 
 
 def main() -> None:

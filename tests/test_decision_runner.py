@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from medshield.errors import MedShieldError
@@ -36,3 +38,57 @@ def test_defense_registry_hook() -> None:
     assert BLACKBOX_DEFENSES.names() == ["dnd", "none", "rnd"]
     with pytest.raises(MedShieldError, match="did you mean 'none'"):
         BLACKBOX_DEFENSES.get("nne")
+
+
+def test_parse_defense_specs() -> None:
+    from medshield.evaluation.blackbox import defense_label, parse_defense
+
+    assert parse_defense("none") == ("none", {})
+    assert parse_defense("rnd") == ("rnd", {"nu": 0.02})
+    assert parse_defense(" DND:m=0.03 ") == ("dnd", {"m": 0.03, "n": 0.5})
+    assert defense_label(*parse_defense("dnd:n=1:m=0.01")) == "dnd:m=0.01:n=1"
+    with pytest.raises(MedShieldError, match="expected NAME:KEY=NUMBER"):
+        parse_defense("rnd:nu")
+    with pytest.raises(MedShieldError, match="expected NAME:KEY=NUMBER"):
+        parse_defense("rnd:nu=abc")
+    with pytest.raises(MedShieldError, match="no parameter 'm'.*nu"):
+        parse_defense("rnd:m=0.1")
+    with pytest.raises(MedShieldError, match="did you mean 'rnd'"):
+        parse_defense("rdn:nu=0.1")
+
+
+def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from medshield.data import load_demo
+    from medshield.evaluation import blackbox as bb
+    from medshield.models import predict, predict_labels
+
+    part = load_demo().test
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 100], defenses=["none", "rnd:nu=0.3"], n_images=2,
+                         n_bootstrap=10, clean_repeats=2, adaptive_k=3)
+    summary = bb.run_blackbox(demo_model, part, tmp_path, cfg, positive_class=1)
+    none, rnd = summary["records"][0], summary["records"][2]
+    plain = float((predict_labels(predict(demo_model, part.images())) == part.labels).float().mean())
+    assert none["defended_clean_accuracy"] == pytest.approx(plain) and none["flip_rate"] == 0.0
+    assert rnd["defense"] == "rnd" and rnd["defense_params"] == {"nu": 0.3} and rnd["defense_spec"] == "rnd:nu=0.3"
+    assert rnd["flip_rate"] > 0 and rnd["adaptive_k"] == 3
+    jobs = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
+    attack_jobs = [j for key, j in jobs.items() if not key.startswith("clean|")]
+    assert all(sum(j["queries"]) == j["sent_attack"] and max(j["queries"]) <= 100 for j in attack_jobs)
+    assert all(q % 3 == 0 for j in attack_jobs for q in j["queries"])  # every logical query costs 3
+    monkeypatch.setattr(bb, "clean_job", lambda *a, **k: pytest.fail("clean metrics recomputed"))
+    monkeypatch.setattr(bb, "run_job", lambda *a, **k: pytest.fail("attack job recomputed"))
+    again = bb.run_blackbox(demo_model, part, tmp_path, cfg, positive_class=1)
+    assert again["records"] == summary["records"]
+    assert "| rnd:nu=0.3 |" in markdown_table(summary)
+
+
+def test_adaptive_k_on_deterministic_model_is_plain_attack_at_budget_over_k(demo_model, tmp_path) -> None:  # noqa: ANN001
+    from medshield.data import load_demo
+    from medshield.evaluation.blackbox import run_blackbox
+
+    part = load_demo().test
+    plain = run_blackbox(demo_model, part, tmp_path / "k1", BlackboxConfig(attacks=["hsja"], budgets=[60], n_images=2,
+                                                                            n_bootstrap=10, clean_repeats=1))
+    voted = run_blackbox(demo_model, part, tmp_path / "k3", BlackboxConfig(attacks=["hsja"], budgets=[180], n_images=2,
+                                                                            n_bootstrap=10, clean_repeats=1, adaptive_k=3))
+    assert voted["records"][0]["l2_per_image"] == plain["records"][0]["l2_per_image"]  # 180 queries = 60 answers

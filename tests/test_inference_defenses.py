@@ -83,3 +83,30 @@ def test_blackbox_defense_registry(tiny) -> None:  # noqa: ANN001
     assert isinstance(BLACKBOX_DEFENSES.create("rnd", model=tiny, seed=1), RND)
     dnd = BLACKBOX_DEFENSES.create("dnd", model=tiny, seed=1, m=0.0, n=0.1)
     assert isinstance(dnd, DND) and dnd.n == 0.1
+
+
+class MeanThreshold(torch.nn.Module):
+    """Two logits: class 1 where the mean pixel exceeds 0.5 (needs a parameter for model_label_fn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([-m, m], 1) * self.scale
+
+
+def test_adaptive_majority_vote_beats_rnd_noise_with_fresh_draws() -> None:
+    from medshield.attacks.decision import LabelOracle, model_label_fn
+    from medshield.attacks.decision.oracle import majority_vote
+
+    x = torch.full((1000, 1, 2, 2), 0.55)  # true label 1; mean noise std 0.05 -> ~16% single-query flips
+    single = model_label_fn(RND(MeanThreshold(), nu=0.1, seed=0))
+    voted = majority_vote(model_label_fn(RND(MeanThreshold(), nu=0.1, seed=0)), 5)
+    flips_single, flips_voted = float((single(x) != 1).float().mean()), float((voted(x) != 1).float().mean())
+    assert 0.1 < flips_single and flips_voted < flips_single / 3  # repeats see independent noise
+    oracle = LabelOracle(voted, x[:3], torch.zeros(3, dtype=torch.long), [20], cost=5)
+    for _ in range(6):
+        oracle.query(torch.arange(3), x[:3])
+    assert oracle.queries.tolist() == [20, 20, 20] and oracle.exhausted.all()

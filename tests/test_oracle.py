@@ -86,3 +86,41 @@ def test_model_label_fn_single_and_two_logit() -> None:
     labels = model_label_fn(one, batch_size=2)(x)
     assert labels.dtype == torch.long and labels.tolist() == (one(x).squeeze(1) > 0).long().tolist()
     assert model_label_fn(two)(x).shape == (5,)
+
+
+def test_adaptive_cost_charges_every_repeat_and_respects_budget() -> None:
+    from medshield.attacks.decision.oracle import majority_vote
+
+    calls = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return threshold_fn(x)
+
+    k, budget = 5, 23
+    oracle = LabelOracle(majority_vote(fn, k), torch.full((2, 1, 2, 2), 0.2), torch.zeros(2, dtype=torch.long),
+                         [10, budget], cost=k)
+    adv = oracle.query(torch.tensor([0, 0, 1]), torch.full((3, 1, 2, 2), 0.9))
+    assert adv.tolist() == [True] * 3 and oracle.queries.tolist() == [2 * k, k] and calls == [3 * k]
+    oracle.query(torch.zeros(10, dtype=torch.long), torch.full((10, 1, 2, 2), 0.9))
+    assert oracle.queries.tolist() == [20, k] and oracle.exhausted.tolist() == [True, False]  # 20 + 5 > 23
+    assert sum(calls) == 25 == int(oracle.queries.sum())  # model queries == charged queries
+    _, d10 = oracle.best(10)
+    assert torch.isfinite(d10[0])  # the first logical query (model queries 1-5) is within 10
+    with pytest.raises(ValueError, match="cost"):
+        LabelOracle(fn, torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long), [5], cost=0)
+
+
+def test_majority_vote_over_noisy_model_flips_less() -> None:
+    from medshield.attacks.decision.oracle import majority_vote
+
+    g = torch.Generator().manual_seed(0)
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:  # a fresh noise draw per row, like RND
+        return ((x.flatten(1).mean(1) + 0.1 * torch.randn(x.shape[0], generator=g)) > 0.5).long()
+
+    x = torch.full((2000, 1, 2, 2), 0.6)  # true label 1; a single query flips ~16% of the time, 5 votes ~3%
+    single = (noisy(x) != 1).float().mean()
+    voted = (majority_vote(noisy, 5)(x) != 1).float().mean()
+    assert 0.1 < single and voted < single / 3
+    assert majority_vote(noisy, 1) is noisy

@@ -4,6 +4,7 @@ with bootstrap intervals (thesis Tables 5-2 to 5-4)."""
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ import torch
 from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn, results_by_budget
-from medshield.attacks.decision.oracle import LabelFn
+from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
 from medshield.errors import MedShieldError
+from medshield.evaluation.defended import defended_metrics
 from medshield.evaluation.store import RecordStore
 from medshield.progress import progress_bar
 from medshield.registry import Registry
@@ -50,6 +52,36 @@ def dnd_defense(model: nn.Module, seed: int = 0, m: float = 0.01, n: float = 0.5
     return DND(model, m=m, n=n, seed=seed)
 
 
+def parse_defense(spec: str) -> tuple[str, dict[str, float]]:
+    """``"dnd:m=0.01:n=0.5"`` -> ``("dnd", {"m": 0.01, "n": 0.5})``: a registered defense name, then
+    ``:NAME=NUMBER`` parameters; omitted parameters take the factory's defaults, so the returned dict
+    is complete. Unknown names and parameters raise :class:`MedShieldError` with the choices."""
+    name, *items = [part.strip() for part in spec.strip().split(":")]
+    factory = BLACKBOX_DEFENSES.get(name)
+    known = {p.name: p.default for p in inspect.signature(factory).parameters.values()
+             if p.name not in ("model", "seed")}
+    params = dict(known)
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise MedShieldError(f"bad defense parameter {item!r} in {spec!r}: expected NAME:KEY=NUMBER[:KEY=NUMBER], "
+                                 f"e.g. rnd:nu=0.05 or dnd:m=0.01:n=0.5")
+        if key.strip() not in known:
+            raise MedShieldError(f"defense {name!r} has no parameter {key.strip()!r} "
+                                 f"(parameters: {', '.join(known) or 'none'})")
+        params[key.strip()] = number
+    return name.lower(), params
+
+
+def defense_label(name: str, params: dict[str, float]) -> str:
+    """Canonical spec string, e.g. ``dnd:m=0.01:n=0.5`` (``none`` for the undefended model)."""
+    return ":".join([name, *(f"{k}={v:g}" for k, v in params.items())])
+
+
 @dataclass
 class BlackboxConfig:
     attacks: Sequence[str] = ("hsja", "gbba", "opt")
@@ -61,6 +93,8 @@ class BlackboxConfig:
     n_bootstrap: int = 1000
     norm: str = "l2"
     batch_size: int = 4096  # images per label-function call (a remote target gets one request per call)
+    adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
+    clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
 
 
 def select_images(label_fn: LabelFn, part: ImageSet, n: int, seed: int) -> torch.Tensor:
@@ -88,10 +122,12 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
             seed: int, desc: str) -> dict[str, Any]:
     """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
     ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
-    per-image queries), ``sent_verify`` the evaluator's re-checks afterwards."""
+    per-image queries; with ``cfg.adaptive_k = k`` every logical query is ``k`` model queries, all
+    charged), ``sent_verify`` the evaluator's re-checks afterwards."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm)
     counted, sent = counting(label_fn)
-    oracle = LabelOracle(counted, x, y, cfg.budgets, norm=attack.norm)
+    oracle = LabelOracle(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, norm=attack.norm,
+                         cost=cfg.adaptive_k)
     start = time.perf_counter()
     with progress_bar(desc, total=oracle.n * oracle.max_budget) as advance:
         seen = [0]
@@ -125,8 +161,12 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], n: int
     return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 
 
-def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: BlackboxConfig) -> list[dict[str, Any]]:
-    """One record per budget from the shard jobs of one (attack, defense)."""
+def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: BlackboxConfig,
+              defense_params: dict[str, float] | None = None, clean: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One record per budget from the shard jobs of one (attack, defense); ``clean`` holds the
+    defended model's metrics on the whole split (``defended_clean_accuracy``, ``_auc``, ``flip_rate``)."""
+    params = dict(defense_params or {})
+    clean = clean or {}
     records = []
     seconds = sum(j["seconds"] for j in jobs)
     for budget in cfg.budgets:
@@ -134,8 +174,11 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
         ok = np.isfinite(l2)
         good = l2[ok]
         records.append({
-            "attack": attack, "defense": defense, "budget": int(budget), "n_images": int(l2.size),
-            "norm": cfg.norm,
+            "attack": attack, "defense": defense, "defense_params": params,
+            "defense_spec": defense_label(defense, params), "adaptive_k": int(cfg.adaptive_k),
+            "budget": int(budget), "n_images": int(l2.size), "norm": cfg.norm,
+            "defended_clean_accuracy": clean.get("accuracy"), "defended_clean_auc": clean.get("auc"),
+            "flip_rate": clean.get("flip_rate"),
             "mean_l2": float(good.mean()) if good.size else None,
             "median_l2": float(np.median(good)) if good.size else None,
             "mean_l2_ci": bootstrap_ci(good, np.mean, cfg.n_bootstrap, cfg.seed),
@@ -147,38 +190,58 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     return records
 
 
+def clean_job(model: nn.Module, part: ImageSet, name: str, params: dict[str, float], cfg: BlackboxConfig,
+              positive_class: int | None) -> dict[str, Any]:
+    """The defended model's accuracy, AUC and flip rate on the whole split (what the defense costs)."""
+    return defended_metrics(model, part.images(), part.labels, positive_class, name, params,
+                            cfg.clean_repeats, cfg.seed)
+
+
 def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
-                 label_fn: LabelFn | None = None, target: str = "local") -> dict[str, Any]:
+                 label_fn: LabelFn | None = None, target: str = "local",
+                 positive_class: int | None = None) -> dict[str, Any]:
     """Run every (defense, attack, shard) job not yet in ``OUT/jobs.json``; returns the summary dict
     (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes.
 
+    ``cfg.defenses`` are specs for :func:`parse_defense` (``none``, ``rnd:nu=0.05``, ``dnd:m=0.01:n=0.5``).
+    Each defense's clean metrics on the whole split are computed once and stored with the jobs.
     ``label_fn`` replaces the local model (e.g. a remote service's labels): its defenses are the
-    service's own, so ``cfg.defenses`` must be ``["none"]`` and records carry ``defense="remote"``."""
+    service's own, so ``cfg.defenses`` must be ``["none"]``, records carry ``defense="remote"`` and no
+    clean metrics (they would spend the service's query budget)."""
     if label_fn is not None and list(cfg.defenses) != ["none"]:
         raise MedShieldError("a remote target applies its own defenses; use --defense none with --target")
+    if cfg.adaptive_k < 1:
+        raise MedShieldError(f"--adaptive must be >= 1 (repeats per query), got {cfg.adaptive_k}")
     for name in cfg.attacks:
         DECISION_ATTACKS.get(name)
-    for name in cfg.defenses:
-        BLACKBOX_DEFENSES.get(name)
+    specs = [parse_defense(d) for d in cfg.defenses]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = RecordStore(out / "jobs.json")
     select_fn = label_fn or model_label_fn(model, cfg.batch_size)
     indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
+    k_tag = f"|k{cfg.adaptive_k}" if cfg.adaptive_k > 1 else ""
     records, strips = [], {}
-    for defense in cfg.defenses:
-        fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(defense, model=model, seed=cfg.seed), cfg.batch_size)
-        defense = "remote" if label_fn is not None else defense
+    for name, params in specs:
+        spec = defense_label(name, params)
+        tag = name if name == "none" or params == parse_defense(name)[1] else spec  # old job keys still resume
+        clean = None
+        if label_fn is None:
+            clean = store.get_or_run(f"clean|{spec}|seed{cfg.seed}|repeats{cfg.clean_repeats}|n{len(part)}",
+                                     lambda: clean_job(model, part, name, params, cfg, positive_class))
+        fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(name, model=model, seed=cfg.seed, **params),
+                                        cfg.batch_size)
+        defense = "remote" if label_fn is not None else name
         for attack in cfg.attacks:
             jobs = []
             for k, rows in enumerate(torch.arange(x.shape[0]).split(cfg.shard_size)):
-                key = f"{defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|seed{cfg.seed}|" \
-                      f"{','.join(map(str, indices[rows].tolist()))}"
-                desc = f"{attack} vs {defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
+                key = f"{tag if label_fn is None else defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|" \
+                      f"seed{cfg.seed}{k_tag}|{','.join(map(str, indices[rows].tolist()))}"
+                desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
                                                                   cfg.seed + k, desc)))
-            records += summarise(attack, defense, jobs, cfg)
-            strips[f"{attack}|{defense}"] = jobs[0]["first_adversarial"]
+            records += summarise(attack, defense, jobs, cfg, params if label_fn is None else {}, clean)
+            strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),
             "image_shape": list(x.shape[1:]), "first_image": x[0].flatten().tolist(), "strips": strips}

@@ -19,13 +19,18 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
+def _defense(record: dict[str, Any]) -> str:
+    """The defense with its parameters (``dnd:m=0.01:n=0.5``); older records carry only the name."""
+    return record.get("defense_spec") or record["defense"]
+
+
 def plot_l2_vs_queries(summary: dict[str, Any], path: str | Path) -> Path:
     """L2 distance vs query budget per (attack, defense): solid line mean, dashed line median."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in summary["records"]:
-        groups.setdefault((r["attack"], r["defense"]), []).append(r)
+        groups.setdefault((r["attack"], _defense(r)), []).append(r)
     for i, ((attack, defense), recs) in enumerate(groups.items()):
         recs = sorted(recs, key=lambda r: r["budget"])
         b = [r["budget"] for r in recs]
@@ -60,7 +65,7 @@ def plot_strips(summary: dict[str, Any], path: str | Path) -> Path:
         ax.set_title(title, fontsize=7)
         ax.axis("off")
 
-    l2 = {(r["attack"], r["defense"], r["budget"]): r["l2_per_image"][0] for r in summary["records"]}
+    l2 = {(r["attack"], _defense(r), r["budget"]): r["l2_per_image"][0] for r in summary["records"]}
     for row, (key, strip) in enumerate(strips.items()):
         attack, defense = key.split("|")
         show(axes[row, 0], summary["first_image"], f"{attack.upper()} original")
@@ -78,8 +83,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     """Mean / median L2 per attack and budget (Table 5-4 analogue), with the GBBA/HSJA ratio rows."""
     recs = summary["records"]
     budgets = sorted({r["budget"] for r in recs})
-    by = {(r["attack"], r["defense"], r["budget"]): r for r in recs}
-    rows = sorted({(r["defense"], r["attack"]) for r in recs}, key=lambda k: (k[0], [r["attack"] for r in recs].index(k[1])))
+    by = {(r["attack"], _defense(r), r["budget"]): r for r in recs}
+    rows = sorted({(_defense(r), r["attack"]) for r in recs}, key=lambda k: (k[0], [r["attack"] for r in recs].index(k[1])))
     head = "| defense | attack | stat | " + " | ".join(f"{b // 1000}K" if b % 1000 == 0 else str(b) for b in budgets) + " |"
     lines = [head, "|" + " --- |" * (3 + len(budgets))]
 
@@ -98,4 +103,20 @@ def markdown_table(summary: dict[str, Any]) -> str:
                     g, h = by[("gbba", defense, b)][stat], by[("hsja", defense, b)][stat]
                     vals.append(g / h if g is not None and h else None)
                 lines.append(f"| {defense} | GBBA/HSJA | {stat.split('_')[0]} | " + " | ".join(map(fmt, vals)) + " |")
+    return "\n".join(lines) + "\n" + clean_table(recs)
+
+
+def clean_table(records: list[dict[str, Any]]) -> str:
+    """What each defense costs on clean inputs (whole split), and the attacker's repeats per query."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("defended_clean_accuracy") is not None:
+            seen.setdefault(_defense(r), r)
+    if not seen:
+        return ""
+    lines = ["", "| defense | clean accuracy | clean AUC | flip rate | attacker repeats k |", "| --- | --- | --- | --- | --- |"]
+    for spec, r in seen.items():
+        auc = r.get("defended_clean_auc")
+        lines.append(f"| {spec} | {r['defended_clean_accuracy']:.4f} | {'-' if auc is None else f'{auc:.4f}'} | "
+                     f"{r['flip_rate']:.4f} | {r.get('adaptive_k', 1)} |")
     return "\n".join(lines) + "\n"

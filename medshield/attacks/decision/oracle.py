@@ -39,6 +39,28 @@ def model_label_fn(model: nn.Module, batch_size: int = 4096) -> LabelFn:
     return labels
 
 
+def majority_vote(label_fn: LabelFn, k: int) -> LabelFn:
+    """An adaptive attacker's label function: each query is sent ``k`` times (one batched call of
+    ``k * M`` rows, so a randomised defense draws fresh noise for every copy) and the most frequent
+    label wins (ties go to the smaller label; use odd ``k``). This is the expectation-over-transformation
+    answer to noisy-query defenses (Athalye et al. 2018; Qin et al. 2021, sec. 5). Pair it with
+    ``LabelOracle(cost=k)`` so every copy counts against the budget."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k == 1:
+        return label_fn
+
+    def vote(x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        if m == 0:
+            return torch.empty(0, dtype=torch.long)
+        labels = label_fn(x.repeat(k, *([1] * (x.ndim - 1)))).long().cpu().reshape(k, m)
+        counts = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).sum(0)
+        return counts.argmax(1)
+
+    return vote
+
+
 def distance(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
     """Per-row L2 or L-inf distance between two batches."""
     diff = (a - b).flatten(1)
@@ -70,13 +92,16 @@ class LabelOracle:
         norm: Norm | str = Norm.L2,
         hooks: Sequence[QueryHook] = (),
         max_batch: int = 8192,
+        cost: int = 1,
     ) -> None:
         budgets = sorted({int(b) for b in budgets})
         if not budgets or budgets[0] < 1:
             raise ValueError(f"budgets must be positive query counts, got {list(budgets)}")
         if images.ndim != 4 or labels.shape != (images.shape[0],):
             raise ValueError(f"images must be [N, C, H, W] and labels [N]; got {tuple(images.shape)} and {tuple(labels.shape)}")
-        self.label_fn, self.hooks, self.max_batch = label_fn, tuple(hooks), max_batch
+        if cost < 1:
+            raise ValueError(f"cost must be >= 1 model query per logical query, got {cost}")
+        self.label_fn, self.hooks, self.max_batch, self.cost = label_fn, tuple(hooks), max_batch, int(cost)
         self.images = images.detach().clone().float()
         self.labels = labels.detach().clone().long()
         self.targets = None if targets is None else targets.detach().clone().long()
@@ -103,8 +128,8 @@ class LabelOracle:
 
     @property
     def exhausted(self) -> torch.Tensor:
-        """Images with no query left."""
-        return self.queries >= self.max_budget
+        """Images that cannot afford another (logical) query."""
+        return self.queries + self.cost > self.max_budget
 
     def current_best(self) -> torch.Tensor:
         """Best distance so far per image (inf where no adversarial has been found)."""
@@ -128,11 +153,11 @@ class LabelOracle:
             hit = pred == self.targets[sent_idx] if self.targeted else pred != self.labels[sent_idx]
             adv[ok] = hit
             self._record(sent_idx, sent_x, seq[ok], hit)
-        self.queries += torch.bincount(idx[ok], minlength=self.n)
+        self.queries += torch.bincount(idx[ok], minlength=self.n) * self.cost
         return adv
 
     def _sequence_numbers(self, idx: torch.Tensor) -> torch.Tensor:
-        """1-based query number of each row for its image (earlier rows first)."""
+        """Model-query count of each image once row's (logical) query is answered (earlier rows first)."""
         order = torch.argsort(idx, stable=True)
         sorted_idx = idx[order]
         first = torch.ones_like(sorted_idx, dtype=torch.bool)
@@ -141,7 +166,7 @@ class LabelOracle:
         start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), dim=0).values
         rank = torch.empty_like(pos)
         rank[order] = pos - start + 1
-        return self.queries[idx] + rank
+        return self.queries[idx] + rank * self.cost
 
     def _record(self, idx: torch.Tensor, x: torch.Tensor, seq: torch.Tensor, hit: torch.Tensor) -> None:
         if not hit.any():
