@@ -57,12 +57,30 @@ def images() -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> BoundedModel:
-    """``smallcnn`` trained for 2 epochs on the synthetic demo data (accuracy > 0.9), eval mode."""
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder: ``smallcnn`` trained for 2 epochs on the synthetic demo data (accuracy > 0.9)."""
     from medshield.api import train
-    from medshield.models import load_run
     from medshield.models.train import TrainConfig
 
     run = tmp_path_factory.mktemp("demo_model") / "run"
     train("demo", run, train_config=TrainConfig(epochs=2, batch_size=64, seed=0))
-    return load_run(run)[0]
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_run2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second demo run (seed 1, 1 epoch): a transfer target for ``demo_run``."""
+    from medshield.api import train
+    from medshield.models.train import TrainConfig
+
+    run = tmp_path_factory.mktemp("demo_model2") / "run2"
+    train("demo", run, train_config=TrainConfig(epochs=1, batch_size=64, seed=1))
+    return run
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_run: Path) -> BoundedModel:
+    """The ``demo_run`` model, eval mode."""
+    from medshield.models import load_run
+
+    return load_run(demo_run)[0]

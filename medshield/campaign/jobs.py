@@ -169,8 +169,8 @@ def detection_job(run: str, dataset: str | None, data_dir: str | None, split: st
                   budget: int, n_images: int) -> dict[str, Any]:
     """Stateful stream detection on one model: when each attack's per-image query stream is flagged,
     and how many benign streams (the test split, plain / noisy / shifted) are flagged falsely."""
-    from medshield.evaluation.detection import detection_summary
+    from medshield.evaluation.detection import DetectionConfig, run_detection
 
     model, ds = _load(run, dataset, data_dir)
-    rec = detection_summary(model, ds, attacks=attacks, budget=budget, n_images=n_images, split=split, seed=seed)
-    return {"run": Path(run).name, **rec}
+    cfg = DetectionConfig(attacks=attacks, n_images=n_images, budget=budget, within=min(1000, budget), seed=seed)
+    return {"run": Path(run).name, **run_detection(model, ds, cfg, split=split)}

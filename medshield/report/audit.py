@@ -151,7 +151,7 @@ def blackbox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section |
                 drop = None if clean is None else clean - r["defended_clean_accuracy"]
             cost = "" if drop is None else f" at a cost of {100 * drop:.1f} points of clean accuracy ({pct(r.get('flip_rate'))} of clean diagnoses flip)"
             blocks.append(Verdict(
-                f"{r['defense'].upper()} multiplies {r['attack'].upper()}'s median L2 at {top:,} queries by {ratio:.1f} "
+                f"{r['run']}: {r.get('defense_spec', r['defense']).upper()} multiplies {r['attack'].upper()}'s median L2 at {top:,} queries by {ratio:.1f} "
                 f"({base['median_l2']:.3g} → {r['median_l2']:.3g}){cost}.", "low" if ratio >= 3 else "medium"))
     budgets = sorted({r["budget"] for r in recs})
     by = {(r["run"], r["attack"], r["defense"], r["budget"]): r for r in recs}
@@ -175,17 +175,20 @@ def detection_section(res: dict[str, Any]) -> Section | None:
         return None
     blocks: list[Any] = []
     for rec in res["detection"]:
-        attacks = rec.get("attacks", [])
-        benign = rec.get("benign", [])
+        within = rec["config"]["within"]
+        attacks = [r for r in rec["records"] if r["kind"].startswith("attack:")]
+        benign = [r for r in rec["records"] if r["kind"].startswith("benign:")]
         for a in attacks:
-            sev = "low" if a.get("flagged_within_budget", 0) >= 0.99 else "medium"
-            blocks.append(Verdict(f"{rec['run']}: {a['attack'].upper()} query streams flagged for "
-                                  f"{pct(a.get('flagged_within_budget'))} of attacked images, after a median of "
-                                  f"{a.get('median_flagged_at')} queries.", sev))
-        if benign:
-            blocks.append(Table(["benign stream", "streams", "falsely flagged"],
-                                [[b["kind"], b["n_streams"], pct(b["flagged_fraction"])] for b in benign],
-                                "False positives on benign query streams"))
+            share = a[f"flagged_within_{within}"]
+            blocks.append(Verdict(f"{rec['run']}: the stateful detector flags {pct(share)} of {a['stream'].upper()} "
+                                  f"query streams within {within:,} queries (median: after {a['flagged_at_median']} "
+                                  f"queries).", "low" if share >= 0.99 else "medium"))
+        fp = max((b["flagged_fraction"] for b in benign), default=0.0)
+        blocks.append(Verdict(f"{rec['run']}: {pct(fp)} of benign client streams (test images, plain, noisy and "
+                              f"shifted) are falsely flagged.", "low" if fp <= 0.01 else "medium"))
+        blocks.append(Table(["stream", "streams", "flagged", f"within {within:,}", "median flagged at"],
+                            [[r["kind"], r["n_streams"], pct(r["flagged_fraction"]), pct(r[f"flagged_within_{within}"]),
+                              r["flagged_at_median"]] for r in rec["records"]], f"{rec['run']}: stream detection"))
     return Section("Detection of attack query streams", blocks)
 
 
