@@ -68,14 +68,6 @@ def test_tradeoff_sweeps_pick_and_plot(demo_model, tmp_path: Path) -> None:  # n
     assert "| rnd_nu | rnd | nu=0.02 |" in tradeoff_markdown(s)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("bbdef") / "run"
-    r = runner.invoke(app, ["train", "--dataset", "demo", "--epochs", "1", "--batch-size", "128", "--out", str(run)])
-    assert r.exit_code == 0
-    return run
-
-
 def test_cli_detect_tradeoff_and_bad_defense_spec(demo_run: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["defense-tradeoff", "--run", str(demo_run), "--out", str(tmp_path / "t"), "--nu", "0,0.05",
                             "--m", "0,0.05", "--n", "0,1", "--repeats", "1"])
