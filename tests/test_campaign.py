@@ -22,7 +22,7 @@ SMALL = {
     "clean": {"bootstrap": 50},
     "whitebox": {"attacks": ["fgsm", "pgd"], "eps": ["2/255", "8/255"], "n_images": 40, "grid_images": 1},
     "transfer": {"n_images": 40},
-    "blackbox": {"attacks": ["hsja", "gbba"], "budgets": [100, 300], "defenses": ["none", "rnd"], "n_images": 4,
+    "blackbox": {"attacks": ["hsja", "gbba"], "budgets": [100, 300], "defenses": ["none", "rnd:nu=0.04"], "n_images": 4,
                  "shard_size": 2},
     "detection": {"attacks": ["hsja"], "budget": 300, "n_images": 2},
 }
@@ -80,6 +80,7 @@ def test_audit_writes_records_figures_and_verdicts(audited: tuple[Path, dict]) -
     assert {(r["attack"], r["defense"], r["budget"]) for r in bb} == {(a, d, b) for a in ("hsja", "gbba")
                                                                      for d in ("none", "rnd") for b in (100, 300)}
     assert all(r["defended_clean_accuracy"] is not None for r in bb)
+    assert {r["defense_spec"] for r in bb} == {"none", "rnd:nu=0.04"}
     assert res["detection"] and res["detection"][0]["records"][0]["kind"] == "attack:hsja"
     assert len(res["transfer"]) == 4
     html = (out / "report.html").read_text()
@@ -97,11 +98,10 @@ def test_rerun_reuses_every_job(audited: tuple[Path, dict], demo_run: Path, demo
     out, _ = audited
     before = (out / "audit.json").read_bytes()
     jobs = json.loads((out / "jobs.json").read_text())["jobs"]
-    start = time.perf_counter()
     audit([str(demo_run), str(demo_run2)], out, config=out / "c.yaml")
     assert (out / "audit.json").read_bytes() == before
+    # stored jobs keep their wall-clock seconds: a recomputed job would have changed them
     assert json.loads((out / "jobs.json").read_text())["jobs"] == jobs
-    assert time.perf_counter() - start < 120
 
 
 def _audit_cmd(run: Path, out: Path, config: Path, *extra: str) -> list[str]:

@@ -83,13 +83,14 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
     generator seeded by the job's identity, so a re-run gives the same answers."""
     from medshield.attacks.decision import model_label_fn
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, run_job
+    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, parse_defense, run_job
 
     model, ds = _load(run, dataset, data_dir)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
     job_seed = derived_seed(seed, run, attack, defense, shard)
-    defended = BLACKBOX_DEFENSES.create(defense, model=model, seed=job_seed)
+    name, params = parse_defense(defense)
+    defended = BLACKBOX_DEFENSES.create(name, model=model, seed=job_seed, **params)
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
                          norm=norm)
     rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{Path(run).name} #{shard}]")
@@ -103,28 +104,15 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
 
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,
                        defense: str) -> dict[str, Any]:
-    """What an inference-time defense costs on the clean split: accuracy, AUC, flip rate."""
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+    """What an inference-time defense (a spec such as ``rnd:nu=0.04``) costs on the clean split:
+    accuracy, AUC, flip rate."""
+    from medshield.evaluation.blackbox import parse_defense
     from medshield.evaluation.defended import defended_clean_metrics
 
     model, ds = _load(run, dataset, data_dir)
-    params = _defense_params(defense)
-    name = "none" if defense == "none" else defense
+    name, params = parse_defense(defense)
     rec = defended_clean_metrics(model, ds, name, params, split=split, seed=derived_seed(seed, run, defense, "clean"))
-    BLACKBOX_DEFENSES.get(defense)
-    return {"run": Path(run).name, **rec}
-
-
-def _defense_params(defense: str) -> dict[str, float]:
-    """The black-box registry's default parameters of an inference defense."""
-    import inspect
-
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
-
-    fn = BLACKBOX_DEFENSES.get(defense)
-    sig = inspect.signature(fn)
-    return {k: float(p.default) for k, p in sig.parameters.items() if k not in ("model", "seed")
-            and isinstance(p.default, (int, float))}
+    return {"run": Path(run).name, **rec, "defense": defense}
 
 
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,

@@ -32,15 +32,15 @@ def validate(cfg: CampaignConfig) -> None:
     from medshield.attacks import ATTACKS
     from medshield.attacks.decision import DECISION_ATTACKS
     from medshield.defenses.training import TRAINING_DEFENSES
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
+    from medshield.evaluation.blackbox import parse_defense
     from medshield.evaluation.whitebox import parse_eps
 
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
         ATTACKS.get(name)
     for name in cfg.blackbox.attacks + cfg.detection.attacks:
         DECISION_ATTACKS.get(name)
-    for name in cfg.blackbox.defenses:
-        BLACKBOX_DEFENSES.get(name)
+    for spec in cfg.blackbox.defenses:
+        parse_defense(spec)
     for name in cfg.defenses.defenses:
         TRAINING_DEFENSES.get(name)
     try:
@@ -150,7 +150,7 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
 
 def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Group job outputs into result sections; wall-clock fields are split off into timings."""
-    from medshield.evaluation.blackbox import BlackboxConfig, summarise
+    from medshield.evaluation.blackbox import BlackboxConfig, parse_defense, summarise
 
     res: dict[str, Any] = {"config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
@@ -167,18 +167,17 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
             res["defenses"] += kept
         elif kind in ("whitebox", "transfer"):
             res[kind] += kept
-        else:
-            res[{"clean": "clean", "defended_clean": "defended_clean", "detection": "detection"}[kind]].append(kept)
+        else:  # clean, defended_clean, detection: one record per job
+            res[kind].append(kept)
     bb = cfg.blackbox
     bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=bb.norm)
     costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}
     for (run, attack, defense), parts in shards.items():
         parts.sort(key=lambda p: p["shard"])
-        cost = costs.get((run, defense), {})
-        for rec in summarise(attack, defense, parts, bcfg):
+        name, params = parse_defense(defense)
+        for rec in summarise(attack, name, parts, bcfg, params, costs.get((run, defense))):
             kept, _ = split_timings(rec)
-            res["blackbox"].append({"run": run, **kept, "defended_clean_accuracy": cost.get("accuracy"),
-                                    "defended_clean_auc": cost.get("auc"), "flip_rate": cost.get("flip_rate")})
+            res["blackbox"].append({"run": run, **kept})
         res["strips"][f"{run}|{attack}|{defense}"] = {"index": parts[0]["indices"][0],
                                                       "image_shape": parts[0]["image_shape"],
                                                       "original": parts[0]["first_image"],

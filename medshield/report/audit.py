@@ -154,11 +154,11 @@ def blackbox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section |
                 f"{r['run']}: {r.get('defense_spec', r['defense']).upper()} multiplies {r['attack'].upper()}'s median L2 at {top:,} queries by {ratio:.1f} "
                 f"({base['median_l2']:.3g} → {r['median_l2']:.3g}){cost}.", "low" if ratio >= 3 else "medium"))
     budgets = sorted({r["budget"] for r in recs})
-    by = {(r["run"], r["attack"], r["defense"], r["budget"]): r for r in recs}
+    by = {(r["run"], r["attack"], r["defense_spec"], r["budget"]): r for r in recs}
     rows = []
-    for run, attack, defense in dict.fromkeys((r["run"], r["attack"], r["defense"]) for r in recs):
-        cells = [by[(run, attack, defense, b)] for b in budgets]
-        rows.append([run, attack.upper(), defense, pct(cells[-1].get("defended_clean_accuracy")),
+    for run, attack, spec in dict.fromkeys((r["run"], r["attack"], r["defense_spec"]) for r in recs):
+        cells = [by[(run, attack, spec, b)] for b in budgets]
+        rows.append([run, attack.upper(), spec, pct(cells[-1].get("defended_clean_accuracy")),
                      *[f"{c['mean_l2']:.3g} / {c['median_l2']:.3g}" if c["median_l2"] is not None else "–" for c in cells],
                      pct(cells[-1]["success_rate"])])
     blocks.append(Table(["run", "attack", "defense", "defended clean acc", *[f"{b:,} q mean / median L2" for b in budgets],
@@ -269,10 +269,10 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
         figs["transfer"] = heatmap(matrix, names, names, out / "transfer.png", xlabel="target", ylabel="source",
                                    title="Target accuracy on source's adversarials")
     if res["blackbox"]:
-        figs["l2_vs_queries"] = plot_l2_vs_queries({"records": [{**r, "defense": r["defense"] if len(runs) == 1 else
-                                                                 f"{r['defense']}, {r['run']}"} for r in res["blackbox"]]},
+        figs["l2_vs_queries"] = plot_l2_vs_queries({"records": [{**r, "defense": r["defense_spec"] if len(runs) == 1 else
+                                                                 f"{r['defense_spec']}, {r['run']}"} for r in res["blackbox"]]},
                                                    out / "l2_vs_queries.png")
-        summary = strip_summary(res, _name(runs[0]))
+        summary = strip_summary(res, Path(runs[0]).name)
         if summary:
             figs["strips"] = plot_strips(summary, out / "strips.png")
     if res["defenses"]:
@@ -281,10 +281,6 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
         recs = [{**r, "label": f"{r['base_run']} {r['defense']}"} for r in res["defenses"]]
         figs["defense_bars"] = defense_bars(recs, out / "defense_bars.png")
     return figs
-
-
-def _name(run: str) -> str:
-    return Path(run).name
 
 
 def _grid(res: dict[str, Any], out: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
@@ -297,4 +293,4 @@ def _grid(res: dict[str, Any], out: Path, run: str, dataset: str | None, data_di
     model, ds = _load(run, dataset, data_dir)
     x, y = eval_images(ds, res["config"]["split"], cfg["n_images"], seed)
     job = WhiteboxJob(attacks=cfg["attacks"], eps=parse_eps(cfg["eps"]), norm=Norm.parse(cfg["norm"]), seed=seed)
-    return write_grid(model, ds, x, y, job, out / "grid.png", _name(run), per_class=cfg["grid_images"])
+    return write_grid(model, ds, x, y, job, out / "grid.png", Path(run).name, per_class=cfg["grid_images"])
