@@ -92,3 +92,48 @@ def test_adaptive_k_on_deterministic_model_is_plain_attack_at_budget_over_k(demo
     voted = run_blackbox(demo_model, part, tmp_path / "k3", BlackboxConfig(attacks=["hsja"], budgets=[180], n_images=2,
                                                                             n_bootstrap=10, clean_repeats=1, adaptive_k=3))
     assert voted["records"][0]["l2_per_image"] == plain["records"][0]["l2_per_image"]  # 180 queries = 60 answers
+
+
+def test_noisy_target_claims_are_checked_against_the_classifier() -> None:
+    """A target that answers coin flips lets the attacker 'find' adversarials everywhere; the evaluator
+    must report them as claims (with their L2) that fool neither the classifier nor, reliably, the target."""
+    import torch
+
+    from medshield.evaluation.blackbox import run_job, summarise
+
+    gen = torch.Generator().manual_seed(0)
+
+    def coin(x: torch.Tensor) -> torch.Tensor:
+        return torch.randint(0, 2, (x.shape[0],), generator=gen)
+
+    def truth(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], dtype=torch.long)  # the classifier itself never errs
+
+    x, y = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.zeros(3, dtype=torch.long)
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[40, 120], n_images=3, n_bootstrap=10, verify_repeats=200)
+    job = run_job("hsja", coin, x, y, cfg, seed=0, desc="coin", base_fn=truth)
+    rec = summarise("hsja", "rnd", [job], cfg)
+    for r in rec:
+        assert r["claim_rate"] == 1.0 and r["success_rate"] == 0.0 and r["verified_mean_l2"] is None
+        assert r["defended_success_rate"] == pytest.approx(0.5, abs=0.1)
+    claims = [rec[0]["l2_per_image"], rec[1]["l2_per_image"]]
+    assert all(b <= a for a, b in zip(*claims))  # claims only get closer with budget
+
+
+def test_defended_records_split_claims_from_real_adversarials(demo_model, tmp_path) -> None:  # noqa: ANN001
+    from medshield.data import load_demo
+    from medshield.evaluation.blackbox import run_blackbox
+
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 150], defenses=["none", "rnd:nu=0.2"], n_images=3,
+                         n_bootstrap=10, clean_repeats=1, verify_repeats=5)
+    recs = run_blackbox(demo_model, load_demo().test, tmp_path, cfg)["records"]
+    none, rnd = recs[:2], recs[2:]
+    for r in none:
+        assert r["claim_rate"] == r["success_rate"] == r["defended_success_rate"]
+        assert r["verified_mean_l2"] == pytest.approx(r["mean_l2"])
+    for r in rnd:
+        assert r["success_rate"] <= r["claim_rate"] and 0.0 <= r["defended_success_rate"] <= 1.0
+    assert rnd[1]["mean_l2"] <= rnd[0]["mean_l2"]
+    jobs = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
+    rnd_jobs = [j for k, j in jobs.items() if k.startswith("rnd")]
+    assert rnd_jobs and all("claim_l2" in j and "defended_fool_rate" in j for j in rnd_jobs)

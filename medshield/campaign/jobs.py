@@ -93,7 +93,9 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     defended = BLACKBOX_DEFENSES.create(name, model=model, seed=job_seed, **params)
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
                          norm=norm)
-    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{Path(run).name} #{shard}]")
+    base_fn = model_label_fn(model) if name != "none" else None
+    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{Path(run).name} #{shard}]",
+                  base_fn)
     if shard:
         rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
     else:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn, results_by_budget
-from medshield.attacks.decision.oracle import LabelFn, majority_vote
+from medshield.attacks.decision.oracle import LabelFn, distance, majority_vote
 from medshield.data import ImageSet
 from medshield.errors import MedShieldError
 from medshield.evaluation.defended import defended_metrics
@@ -95,6 +95,7 @@ class BlackboxConfig:
     batch_size: int = 4096  # images per label-function call (a remote target gets one request per call)
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
+    verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)
 
 
 def select_images(label_fn: LabelFn, part: ImageSet, n: int, seed: int) -> torch.Tensor:
@@ -119,11 +120,17 @@ def counting(label_fn: LabelFn) -> tuple[LabelFn, list[int]]:
 
 
 def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
-            seed: int, desc: str) -> dict[str, Any]:
+            seed: int, desc: str, base_fn: LabelFn | None = None) -> dict[str, Any]:
     """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
     ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
     per-image queries; with ``cfg.adaptive_k = k`` every logical query is ``k`` model queries, all
-    charged), ``sent_verify`` the evaluator's re-checks afterwards."""
+    charged), ``sent_verify`` the evaluator's re-checks afterwards.
+
+    Against a randomised defense pass the undefended model as ``base_fn``: ``l2`` then holds the
+    adversarials that fool the classifier itself (inf where the attacker's claim does not), and the job
+    adds the attacker's claims (``claim_l2``: the closest point the noisy target answered as adversarial,
+    what the attacker would hand in) and ``defended_fool_rate`` (the share of ``cfg.verify_repeats``
+    fresh defended answers that are wrong on the claim)."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm)
     counted, sent = counting(label_fn)
     oracle = LabelOracle(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, norm=attack.norm,
@@ -140,16 +147,37 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
 
         attack.run(oracle, torch.Generator().manual_seed(seed), progress=report)
     sent_attack = sent[0]
-    results = results_by_budget(oracle, time.perf_counter() - start)
+    claims = defended_claims(oracle, counted, cfg.verify_repeats) if base_fn is not None else {}
+    results = results_by_budget(oracle, time.perf_counter() - start, verify_fn=base_fn)
     return {
         "sent_attack": sent_attack,
         "sent_verify": sent[0] - sent_attack,
         "l2": {str(b): r.l2.tolist() for b, r in results.items()},
         "linf": {str(b): r.linf.tolist() for b, r in results.items()},
+        **claims,
         "queries": oracle.queries.tolist(),
         "seconds": time.perf_counter() - start,
         "first_adversarial": {str(b): r.adversarial[0].flatten().tolist() for b, r in results.items()},
     }
+
+
+def defended_claims(oracle: LabelOracle, label_fn: LabelFn, repeats: int) -> dict[str, Any]:
+    """Per budget: the distance of each image's claimed adversarial (the closest point the defended
+    target answered as adversarial; inf where none) and the share of ``repeats`` fresh answers of the
+    defended target that are wrong on it (0 where no claim). Evaluator queries, not charged to the attack."""
+    claim_l2, fool = {}, {}
+    for budget in oracle.budgets:
+        adv, dist = oracle.best(budget)
+        found = torch.isfinite(dist)
+        rate = torch.zeros(oracle.n)
+        if found.any() and repeats > 0:
+            rows = torch.nonzero(found).squeeze(1)
+            pred = label_fn(adv[rows].repeat(repeats, 1, 1, 1)).long().cpu().reshape(repeats, -1)
+            wrong = pred == oracle.targets[rows] if oracle.targeted else pred != oracle.labels[rows]
+            rate[rows] = wrong.float().mean(0)
+        claim_l2[str(budget)] = distance(adv, oracle.images, oracle.norm).where(found, torch.tensor(float("inf"))).tolist()
+        fool[str(budget)] = rate.tolist()
+    return {"claim_l2": claim_l2, "defended_fool_rate": fool}
 
 
 def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], n: int, seed: int) -> list[float | None]:
@@ -164,15 +192,24 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], n: int
 def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: BlackboxConfig,
               defense_params: dict[str, float] | None = None, clean: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per budget from the shard jobs of one (attack, defense); ``clean`` holds the
-    defended model's metrics on the whole split (``defended_clean_accuracy``, ``_auc``, ``flip_rate``)."""
+    defended model's metrics on the whole split (``defended_clean_accuracy``, ``_auc``, ``flip_rate``).
+
+    ``mean_l2``/``median_l2`` are over the attacker's claimed adversarials (``claim_rate`` of the
+    images have one; the same images at every budget once found, so the curves are monotone);
+    ``success_rate`` is the share that fool the undefended classifier, ``defended_success_rate`` the
+    expected share of single queries to the defended model they fool, ``verified_*_l2`` the distances
+    over the images that fool the classifier. Without a defense all three rates coincide."""
     params = dict(defense_params or {})
     clean = clean or {}
     records = []
     seconds = sum(j["seconds"] for j in jobs)
     for budget in cfg.budgets:
-        l2 = np.array([v for j in jobs for v in j["l2"][str(budget)]], dtype=float)
+        verified = np.array([v for j in jobs for v in j["l2"][str(budget)]], dtype=float)
+        l2 = np.array([v for j in jobs for v in j.get("claim_l2", j["l2"])[str(budget)]], dtype=float)
+        fooled = np.array([v for j in jobs for v in j["defended_fool_rate"][str(budget)]], dtype=float) \
+            if all("defended_fool_rate" in j for j in jobs) else np.isfinite(verified).astype(float)
         ok = np.isfinite(l2)
-        good = l2[ok]
+        good, real = l2[ok], verified[np.isfinite(verified)]
         records.append({
             "attack": attack, "defense": defense, "defense_params": params,
             "defense_spec": defense_label(defense, params), "adaptive_k": int(cfg.adaptive_k),
@@ -183,7 +220,11 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
             "median_l2": float(np.median(good)) if good.size else None,
             "mean_l2_ci": bootstrap_ci(good, np.mean, cfg.n_bootstrap, cfg.seed),
             "median_l2_ci": bootstrap_ci(good, np.median, cfg.n_bootstrap, cfg.seed),
-            "success_rate": float(ok.mean()) if l2.size else 0.0,
+            "claim_rate": float(ok.mean()) if l2.size else 0.0,
+            "success_rate": float(np.isfinite(verified).mean()) if l2.size else 0.0,
+            "defended_success_rate": float(fooled.mean()) if l2.size else 0.0,
+            "verified_mean_l2": float(real.mean()) if real.size else None,
+            "verified_median_l2": float(np.median(real)) if real.size else None,
             "seconds": seconds,
             "l2_per_image": [float(v) if np.isfinite(v) else None for v in l2],
         })
@@ -232,15 +273,17 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
                                      lambda: clean_job(model, part, name, params, cfg, positive_class))
         fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(name, model=model, seed=cfg.seed, **params),
                                         cfg.batch_size)
+        base_fn = model_label_fn(model, cfg.batch_size) if label_fn is None and name != "none" else None
+        v_tag = f"|verify-base{cfg.verify_repeats}" if base_fn is not None else ""
         defense = "remote" if label_fn is not None else name
         for attack in cfg.attacks:
             jobs = []
             for k, rows in enumerate(torch.arange(x.shape[0]).split(cfg.shard_size)):
                 key = f"{tag if label_fn is None else defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|" \
-                      f"seed{cfg.seed}{k_tag}|{','.join(map(str, indices[rows].tolist()))}"
+                      f"seed{cfg.seed}{k_tag}{v_tag}|{','.join(map(str, indices[rows].tolist()))}"
                 desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
-                                                                  cfg.seed + k, desc)))
+                                                                  cfg.seed + k, desc, base_fn)))
             records += summarise(attack, defense, jobs, cfg, params if label_fn is None else {}, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),

@@ -91,10 +91,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f}%"
+
     for defense, attack in rows:
+        cells = [by.get((attack, defense, b)) for b in budgets]
         for stat in ("mean_l2", "median_l2"):
-            vals = [by[(attack, defense, b)][stat] if (attack, defense, b) in by else None for b in budgets]
+            vals = [c[stat] if c else None for c in cells]
             lines.append(f"| {defense} | {attack.upper()} | {stat.split('_')[0]} | " + " | ".join(map(fmt, vals)) + " |")
+        if defense != "none":  # the claims' L2 above; do they really fool the classifier / the noisy service?
+            for stat, label in (("success_rate", "fools model"), ("defended_success_rate", "fools defended")):
+                vals = [c.get(stat) if c else None for c in cells]
+                lines.append(f"| {defense} | {attack.upper()} | {label} | " + " | ".join(map(pct, vals)) + " |")
     for defense in sorted({d for d, _ in rows}):
         if ("gbba", defense, budgets[0]) in by and ("hsja", defense, budgets[0]) in by:
             for stat in ("mean_l2", "median_l2"):
