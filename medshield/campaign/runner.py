@@ -27,6 +27,11 @@ def _name(run: str) -> str:
     return Path(run).name
 
 
+def covers(names: list[str] | None, run: str) -> bool:
+    """Whether a section limited to ``names`` (run folder names; None = all) covers ``run``."""
+    return names is None or _name(run) in names
+
+
 def validate(cfg: CampaignConfig) -> None:
     """Fail fast on unknown attack/defense names (with did-you-mean) before any work starts."""
     from medshield.attacks import ATTACKS
@@ -97,7 +102,7 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
     bb, jobs = cfg.blackbox, []
-    if bb.enabled:
+    if bb.enabled and covers(bb.runs, run):
         idx = blackbox_indices(cfg, run, base, bb.n_images)
         shards = [idx[i:i + bb.shard_size] for i in range(0, len(idx), bb.shard_size)]
         for defense in bb.defenses:
@@ -108,7 +113,7 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
                                      "budgets": bb.budgets, "norm": bb.norm, "shard": k}))
-    if cfg.detection.enabled:
+    if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",
                         {"run": run, **base, "attacks": det.attacks, "budget": det.budget, "n_images": det.n_images}))
@@ -122,7 +127,7 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
                  "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps})
-            for run in runs for defense in d.defenses]
+            for run in runs if covers(d.runs, run) for defense in d.defenses]
 
 
 def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,
