@@ -42,7 +42,7 @@ def validate(cfg: CampaignConfig) -> None:
 
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
         ATTACKS.get(name)
-    for name in cfg.blackbox.attacks + cfg.detection.attacks:
+    for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks:
         DECISION_ATTACKS.get(name)
     for spec in cfg.blackbox.defenses:
         parse_defense(spec)
@@ -101,6 +101,8 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
 
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
+    from medshield.evaluation.blackbox import parse_defense
+
     bb, jobs = cfg.blackbox, []
     if bb.enabled and covers(bb.runs, run):
         idx = blackbox_indices(cfg, run, base, bb.n_images)
@@ -108,7 +110,9 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
         for defense in bb.defenses:
             jobs.append(Job(f"defended_clean|{_name(run)}|{defense}", f"{JOBS}:defended_clean_job",
                             {"run": run, **base, "defense": defense}))
-            for attack in bb.attacks:
+            attacks = bb.attacks if bb.defended_attacks is None or parse_defense(defense)[0] == "none" \
+                else [a for a in bb.attacks if a in bb.defended_attacks]
+            for attack in attacks:
                 for k, shard in enumerate(shards):
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,

@@ -154,14 +154,16 @@ def _campaign(**sections: Any) -> CampaignConfig:
 PRESETS: dict[str, ThesisPreset] = {
     "quick": ThesisPreset(
         "quick", "CPU minutes: small stand-ins (smallcnn for DenseNet-121, resnet18 for ResNet-50) on the 28x28 "
-                 "sets, few epochs and images; black-box budgets 1K-20K on 4 images",
+                 "sets, few epochs and images; black-box budgets 1K-20K on 4 images (RND/DND against HSJA only, "
+                 "as in chapter 6)",
         (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 5}),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST, STANDIN, {"resnet": 6, "densenet": 10})),
         _campaign(clean={"bootstrap": 200},
                   whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["1/255", "2/255", "4/255"], "n_images": 150,
                             "batch_size": 150},
                   transfer={"n_images": 150},
-                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 4, "shard_size": 4},
+                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 4, "shard_size": 4,
+                            "defended_attacks": ["hsja"]},
                   defenses={"enabled": True, "epochs": 2, "eval_attacks": "fgsm,mifgsm,pgd", "eval_n": 150}),
         skip=FULL_ONLY),
     "full": ThesisPreset(
@@ -175,11 +177,12 @@ PRESETS: dict[str, ThesisPreset] = {
                      {"resnet": 10, "densenet": 10}, rgb=True, resize=224)),
         _campaign(whitebox={"attacks": ["fgsm", "bim", "pgd", "mifgsm"], "eps": ["1/255", "2/255", "4/255", "8/255"],
                             "n_images": 500, "batch_size": 32},
-                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 50, "shard_size": 5},
+                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 50, "shard_size": 5,
+                            "defended_attacks": ["hsja"]},
                   defenses={"enabled": True, "epochs": 5}),
         device="auto"),
     "tiny": ThesisPreset(
-        "tiny", "a smoke test (seconds per step): two smallcnns, 1 epoch, a few images, budgets 100/300",
+        "tiny", "a smoke test (seconds per step): two smallcnns, 1 epoch, a few images, budgets 200/500",
         (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA,
                      {"resnet": "smallcnn", "densenet": "smallcnn"}, {"resnet": 1, "densenet": 1}),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST,
@@ -187,7 +190,7 @@ PRESETS: dict[str, ThesisPreset] = {
         _campaign(clean={"bootstrap": 50},
                   whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255"], "n_images": 40, "grid_images": 1},
                   transfer={"n_images": 40},
-                  blackbox={"budgets": [100, 300], "n_images": 2, "shard_size": 2},
+                  blackbox={"budgets": [200, 500], "n_images": 4, "shard_size": 4, "defended_attacks": ["hsja"]},
                   defenses={"enabled": True, "epochs": 1, "train_steps": 2, "eval_attacks": "fgsm,mifgsm",
                             "eval_n": 40}),
         skip=FULL_ONLY),
