@@ -50,7 +50,8 @@ def test_every_chapter_has_thesis_and_ours(tiny_run: tuple[Path, dict]) -> None:
             assert r["thesis"] is not None
         chest = [r for r in recs if r["dataset"].startswith("chest")]
         assert any(r["ours"] is not None for r in chest), f"no measured figure of ours in chapter {chapter}"
-    by = {(r["chapter"], r["quantity"], r["attack"], r["defense"]): r for r in saved["records"]}
+    by = {(r["chapter"], r["quantity"], r["attack"], r["defense"]): r for r in saved["records"]
+          if r["dataset"].startswith("chest")}
     clean = by[(3, "clean_accuracy", None, None)]
     assert 50 <= clean["ours"] <= 100 and clean["our_dataset"] == "pneumoniamnist"
     assert by[(4, "robust_accuracy", "fgsm", "at")]["ours"] is not None  # the AT fine-tune ran and was read back
@@ -115,3 +116,20 @@ def test_cli_reports_missing_data_in_one_line(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["reproduce", "thesis", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "no thesis dataset" in res.output and "pneumoniamnist.npz" in res.output
+
+
+def test_plan_limits_sections_to_runs_and_defended_attacks(demo_run: Path, demo_run2: Path, tmp_path: Path) -> None:
+    from medshield.campaign.config import CampaignConfig
+    from medshield.campaign.runner import plan
+
+    cfg = CampaignConfig.model_validate({
+        "whitebox": {"attacks": ["fgsm"]}, "transfer": {"enabled": False}, "detection": {"enabled": False},
+        "blackbox": {"attacks": ["hsja", "gbba"], "defenses": ["none", "rnd"], "n_images": 2, "shard_size": 2,
+                     "defended_attacks": ["hsja"], "runs": [demo_run2.name]},
+        "defenses": {"enabled": True, "defenses": ["at"], "runs": [demo_run.name]}})
+    keys = [j.key for j in plan(cfg, [str(demo_run), str(demo_run2)], "demo", None, tmp_path)]
+    assert f"whitebox|{demo_run.name}|fgsm" in keys and f"whitebox|{demo_run2.name}|fgsm" in keys
+    blackbox = [k for k in keys if k.startswith("blackbox|")]
+    assert blackbox == [f"blackbox|{demo_run2.name}|{a}|{d}|l2|0" for d, a in
+                        (("none", "hsja"), ("none", "gbba"), ("rnd", "hsja"))]
+    assert [k for k in keys if k.startswith("defense|")] == [f"defense|{demo_run.name}|at"]

@@ -159,12 +159,12 @@ PRESETS: dict[str, ThesisPreset] = {
         (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 5}),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST, STANDIN, {"resnet": 6, "densenet": 10})),
         _campaign(clean={"bootstrap": 200},
-                  whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["1/255", "2/255", "4/255"], "n_images": 150,
+                  whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255", "4/255"], "n_images": 150,
                             "batch_size": 150},
-                  transfer={"n_images": 150},
+                  transfer={"n_images": 100},
                   blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 4, "shard_size": 4,
                             "defended_attacks": ["hsja"]},
-                  defenses={"enabled": True, "epochs": 2, "eval_attacks": "fgsm,mifgsm,pgd", "eval_n": 150}),
+                  defenses={"enabled": True, "epochs": 1, "eval_attacks": "fgsm,mifgsm,pgd", "eval_n": 150}),
         skip=FULL_ONLY),
     "full": ThesisPreset(
         "full", "the thesis's scale: ResNet-50 and DenseNet-121 at 224x224 on the Kermany chest X-rays (and "
