@@ -165,6 +165,14 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     return run_audit(runs, out, dataset=dataset, data_dir=data_dir, config=config, **overrides)
 
 
+def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick", workers: int | None = None,
+                     executor: str | None = None, address: str | None = None, config: str | Path | None = None) -> dict[str, Any]:
+    """The thesis's experiment grid beside its published numbers (see :mod:`medshield.campaign.thesis`)."""
+    from medshield.campaign.thesis import reproduce_thesis as run_thesis
+
+    return run_thesis(data_dir, out, preset=preset, workers=workers, executor=executor, address=address, config=config)
+
+
 def run_info(run: str | Path) -> dict[str, Any]:
     return read_json(Path(run) / CONFIG_FILE)
 

@@ -358,6 +358,31 @@ def blackbox(
           for r in summary["records"]])
 
 
+reproduce = typer.Typer(no_args_is_help=True, help="Reproduce published experiments beside their numbers.")
+app.add_typer(reproduce, name="reproduce")
+
+
+@reproduce.command("thesis")
+@user_errors
+def reproduce_thesis(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding pneumoniamnist.npz, breastmnist.npz and/or chest_xray/.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (models, campaigns, thesis.md; resumable).")] = Path("out/thesis"),
+    preset: Annotated[str, typer.Option("--preset", help="quick (CPU minutes, 28x28 stand-ins), full (thesis scale, GPU) or tiny.")] = "quick",
+    config: Annotated[Path | None, typer.Option("--config", help="Campaign YAML overriding the preset's sections.")] = None,
+    executor: Annotated[str | None, typer.Option(help="local (process pool) or ray.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel jobs.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray.")] = None,
+) -> None:
+    """The thesis's experiment grid (chapters 3-6) on its datasets present under --data-dir, its published
+    numbers beside ours: OUT/thesis.md, thesis.html, thesis.json."""
+    from medshield import api
+
+    res = api.reproduce_thesis(data_dir, out, preset=preset, workers=workers, executor=executor, address=address,
+                               config=config)
+    emit({"report": str(out / "thesis.html"), "markdown": str(out / "thesis.md"), "records": str(out / "thesis.json"),
+          "datasets": [d["dataset"] for d in res["datasets"]], "skipped": res["skipped"]})
+
+
 from medshield.cli_defense import register as _register_defense_commands  # noqa: E402
 
 _register_defense_commands(app)

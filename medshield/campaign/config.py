@@ -47,6 +47,9 @@ class BlackboxSpec(Section):
     n_images: int = Field(10, ge=1)
     shard_size: int = Field(5, ge=1, description="images per job (the unit of resumption and parallelism)")
     norm: str = "l2"
+    defended_attacks: list[str] | None = Field(None, description="attacks run against the defenses other than "
+                                                                 "'none'; null = all of `attacks`")
+    runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
     @field_validator("budgets")
     @classmethod
@@ -60,6 +63,7 @@ class DetectionSpec(Section):
     attacks: list[str] = ["hsja", "gbba", "opt"]
     budget: int = Field(1000, ge=1, description="queries per attacked image")
     n_images: int = Field(5, ge=1)
+    runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
 
 class TrainingDefenseSpec(Section):
@@ -71,6 +75,7 @@ class TrainingDefenseSpec(Section):
     epochs: int = Field(3, ge=1)
     eval_attacks: str = "fgsm,bim,mifgsm,pgd"
     eval_n: int | None = 500
+    runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
 
 class CampaignConfig(BaseModel):

@@ -27,6 +27,11 @@ def _name(run: str) -> str:
     return Path(run).name
 
 
+def covers(names: list[str] | None, run: str) -> bool:
+    """Whether a section limited to ``names`` (run folder names; None = all) covers ``run``."""
+    return names is None or _name(run) in names
+
+
 def validate(cfg: CampaignConfig) -> None:
     """Fail fast on unknown attack/defense names (with did-you-mean) before any work starts."""
     from medshield.attacks import ATTACKS
@@ -37,7 +42,7 @@ def validate(cfg: CampaignConfig) -> None:
 
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
         ATTACKS.get(name)
-    for name in cfg.blackbox.attacks + cfg.detection.attacks:
+    for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks:
         DECISION_ATTACKS.get(name)
     for spec in cfg.blackbox.defenses:
         parse_defense(spec)
@@ -96,19 +101,23 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
 
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
+    from medshield.evaluation.blackbox import parse_defense
+
     bb, jobs = cfg.blackbox, []
-    if bb.enabled:
+    if bb.enabled and covers(bb.runs, run):
         idx = blackbox_indices(cfg, run, base, bb.n_images)
         shards = [idx[i:i + bb.shard_size] for i in range(0, len(idx), bb.shard_size)]
         for defense in bb.defenses:
             jobs.append(Job(f"defended_clean|{_name(run)}|{defense}", f"{JOBS}:defended_clean_job",
                             {"run": run, **base, "defense": defense}))
-            for attack in bb.attacks:
+            attacks = bb.attacks if bb.defended_attacks is None or parse_defense(defense)[0] == "none" \
+                else [a for a in bb.attacks if a in bb.defended_attacks]
+            for attack in attacks:
                 for k, shard in enumerate(shards):
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
                                      "budgets": bb.budgets, "norm": bb.norm, "shard": k}))
-    if cfg.detection.enabled:
+    if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",
                         {"run": run, **base, "attacks": det.attacks, "budget": det.budget, "n_images": det.n_images}))
@@ -122,7 +131,7 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
                  "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps})
-            for run in runs for defense in d.defenses]
+            for run in runs if covers(d.runs, run) for defense in d.defenses]
 
 
 def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,

@@ -135,10 +135,13 @@ def blackbox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section |
         best = min(undefended, key=lambda r: (-r["success_rate"], r["median_l2"] or math.inf))
         rms = _rms255(best["median_l2"], dim)
         sev = "high" if best["success_rate"] >= 0.9 and rms is not None and rms <= 8 else "medium"
-        blocks.append(Verdict(
-            f"{best['run']}: seeing only the predicted label, {best['attack'].upper()} finds a misdiagnosis for "
-            f"{pct(best['success_rate'])} of images within {top:,} queries each, with median L2 "
-            f"{best['median_l2']:.3g} (RMS change {rms:.2g}/255 per pixel).", sev))
+        if rms is None:  # no image's attack succeeded within the budget
+            blocks.append(Verdict(f"{best['run']}: no label-only attack found a misdiagnosis within {top:,} queries.", "low"))
+        else:
+            blocks.append(Verdict(
+                f"{best['run']}: seeing only the predicted label, {best['attack'].upper()} finds a misdiagnosis for "
+                f"{pct(best['success_rate'])} of images within {top:,} queries each, with median L2 "
+                f"{best['median_l2']:.3g} (RMS change {rms:.2g}/255 per pixel).", sev))
     for r in final:
         if r["defense"] == "none":
             continue

@@ -1,0 +1,417 @@
+"""``medshield reproduce thesis``: the thesis's experiment grid (chapters 3–6) on whichever of its
+datasets are present, with its published numbers beside ours.
+
+The work is an ordinary audit campaign per dataset (:func:`medshield.campaign.audit.audit`: same jobs,
+same executors, same resumable ``jobs.json``) on models trained here (``OUT/models/<dataset>_<model>``,
+kept once trained). :data:`THESIS_NUMBERS` holds the published figures; :func:`ours` reads the matching
+figure from the campaign's records. Chapter 3: clean and white-box robust accuracy (Table 3-4);
+chapter 4: AT/ANT robust accuracy (Tables 4-1 to 4-3); chapter 5: decision-based attacks' mean L2 at
+10K queries (Table 5-4); chapter 6: mean L2 at 20K queries against RND/DND.
+
+Absolute L2 distances are not comparable: the thesis measures them on 224x224x3 images in its own pixel
+scale, ours on the images we attack in [0, 1]; only ratios (GBBA/HSJA, RND/none) carry over.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medshield.campaign.config import CampaignConfig, load_config
+from medshield.errors import MedShieldError
+from medshield.models.checkpoint import write_json
+
+CHAPTERS = {3: "Attacks on diagnosis models (white-box)", 4: "Training-time defenses (AT, ANT)",
+            5: "Decision-based black-box attacks", 6: "Black-box defenses (RND, DND)"}
+THESIS_DATASETS = {"chest": "chest X-ray (Kermany, 224x224)", "breast": "breast cancer images"}
+
+
+@dataclass(frozen=True)
+class ThesisFigure:
+    """One published figure and what of ours it maps to.
+
+    ``role`` names our model: ``resnet`` / ``densenet`` (the plan's stand-in for that architecture),
+    ``hardened`` (the model the plan fine-tunes with AT/ANT) or ``blackbox`` (the model attacked
+    label-only). ``model`` is the thesis's architecture as published (None where the figure names none).
+    """
+
+    chapter: int
+    table: str | None
+    dataset: str  # thesis dataset role: "chest" | "breast"
+    model: str | None
+    quantity: str  # clean_accuracy | robust_accuracy | mean_l2
+    value: float
+    unit: str  # "%" or "L2"
+    role: str
+    attack: str | None = None
+    defense: str | None = None
+    budget: int | None = None
+
+    @property
+    def maps_to(self) -> str:
+        what = {"clean_accuracy": "clean test accuracy", "robust_accuracy": "white-box robust accuracy",
+                "mean_l2": "mean L2 of the label-only adversarials"}[self.quantity]
+        parts = [what, f"of our {self.role} model"]
+        if self.attack:
+            parts.append(f"under {self.attack.upper()}")
+        if self.defense:
+            parts.append(f"with defense {self.defense}")
+        if self.budget:
+            parts.append(f"at {self.budget:,} queries")
+        return " ".join(parts)
+
+
+def _acc(ch: int, table: str | None, ds: str, model: str | None, value: float, role: str,
+         attack: str | None = None, defense: str | None = None) -> ThesisFigure:
+    quantity = "clean_accuracy" if attack is None else "robust_accuracy"
+    return ThesisFigure(ch, table, ds, model, quantity, value, "%", role, attack, defense)
+
+
+def _l2(ch: int, table: str | None, attack: str, defense: str, budget: int, value: float) -> ThesisFigure:
+    return ThesisFigure(ch, table, "chest", None, "mean_l2", value, "L2", "blackbox", attack, defense, budget)
+
+
+THESIS_NUMBERS: tuple[ThesisFigure, ...] = (
+    _acc(3, None, "chest", "ResNet-50", 95.86, "resnet"),
+    _acc(3, None, "chest", "DenseNet-121", 96.03, "densenet"),
+    _acc(3, "3-4", "chest", "DenseNet-121", 96.03, "densenet"),
+    _acc(3, "3-4", "chest", "DenseNet-121", 0.0, "densenet", attack="mifgsm"),
+    _acc(3, "3-4", "breast", "ResNet", 95.51, "resnet"),
+    _acc(3, "3-4", "breast", "ResNet", 7.69, "resnet", attack="fgsm"),
+    *(_acc(4, "4-1..4-3", "chest", None, v, "hardened", attack=a, defense=d)
+      for d, a, v in (("none", "fgsm", 83.28), ("none", "mifgsm", 0.0), ("at", "fgsm", 91.21),
+                      ("at", "mifgsm", 75.69), ("ant", "fgsm", 92.24), ("ant", "mifgsm", 85.34))),
+    _l2(5, "5-4", "opt", "none", 10_000, 32.53),
+    _l2(5, "5-4", "hsja", "none", 10_000, 7.47),
+    _l2(5, "5-4", "gbba", "none", 10_000, 4.74),
+    _l2(6, None, "hsja", "none", 20_000, 2.23),
+    _l2(6, None, "hsja", "rnd", 20_000, 29.27),
+    _l2(6, None, "hsja", "dnd", 20_000, 38.98),
+)
+
+# Scale-free comparisons derived from the published L2 figures: (chapter, table, numerator, denominator)
+# with each side an (attack, defense, budget) key of THESIS_NUMBERS.
+RATIOS: tuple[tuple[int, str | None, tuple[str, str, int], tuple[str, str, int]], ...] = (
+    (5, "5-4", ("gbba", "none", 10_000), ("hsja", "none", 10_000)),
+    (5, "5-4", ("opt", "none", 10_000), ("hsja", "none", 10_000)),
+    (6, None, ("hsja", "rnd", 20_000), ("hsja", "none", 20_000)),
+    (6, None, ("hsja", "dnd", 20_000), ("hsja", "none", 20_000)),
+)
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """One thesis dataset (``role``) as we run it: which file, which of our architectures stand in for
+    the thesis's (``models``: role -> architecture), how long each trains."""
+
+    role: str
+    dataset: str
+    path: str  # what must exist under the data folder
+    description: str
+    models: dict[str, str]
+    epochs: dict[str, int]
+    hardened: str = "densenet"
+    blackbox: str = "densenet"
+    size: int | None = None
+    rgb: bool = False
+    resize: int | None = None
+    same_as_thesis: bool = False  # the thesis's own data and architectures
+
+    def run_name(self, role: str) -> str:
+        arch = self.models[role]
+        shared = sum(a == arch for a in self.models.values()) > 1
+        return f"{self.dataset}_{arch}" + (f"-{role}" if shared else "")
+
+
+@dataclass(frozen=True)
+class ThesisPreset:
+    """A campaign configuration plus the datasets and training settings it runs."""
+
+    name: str
+    description: str
+    datasets: tuple[DatasetPlan, ...]
+    campaign: CampaignConfig
+    batch_size: int = 32
+    device: str = "cpu"  # "auto": CUDA when available
+    skip: dict[str, str] = field(default_factory=dict)  # paths this preset leaves out, with the reason
+
+
+STANDIN = {"resnet": "resnet18", "densenet": "smallcnn"}
+PNEUMONIA = "PneumoniaMNIST (28x28 grey) stands in for the thesis's 224x224 chest X-ray set"
+BREAST = "BreastMNIST (28x28 grey, BUSI ultrasound) stands in for the thesis's breast cancer set"
+FULL_ONLY = {"chest_xray": "the 224x224 Kermany set is the full preset's (--preset full, GPU)"}
+
+
+def _campaign(**sections: Any) -> CampaignConfig:
+    return CampaignConfig.model_validate({"title": "Thesis reproduction", "detection": {"enabled": False}, **sections})
+
+
+PRESETS: dict[str, ThesisPreset] = {
+    "quick": ThesisPreset(
+        "quick", "CPU minutes: small stand-ins (smallcnn for DenseNet-121, resnet18 for ResNet-50) on the 28x28 "
+                 "sets, few epochs and images; black-box budgets 1K-20K on 4 images (RND/DND against HSJA only, "
+                 "as in chapter 6)",
+        (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 5}),
+         DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST, STANDIN, {"resnet": 6, "densenet": 10})),
+        _campaign(clean={"bootstrap": 200},
+                  whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255", "4/255"], "n_images": 150,
+                            "batch_size": 150},
+                  transfer={"n_images": 100},
+                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 4, "shard_size": 4,
+                            "defended_attacks": ["hsja"]},
+                  defenses={"enabled": True, "epochs": 1, "eval_attacks": "fgsm,mifgsm,pgd", "eval_n": 150}),
+        skip=FULL_ONLY),
+    "full": ThesisPreset(
+        "full", "the thesis's scale: ResNet-50 and DenseNet-121 at 224x224 on the Kermany chest X-rays (and "
+                "BreastMNIST upscaled), budgets 1K-20K on 50 images; hours of GPU training",
+        (DatasetPlan("chest", "chest_xray", "chest_xray", "the thesis's own chest X-ray set (Kermany, 224x224 RGB)",
+                     {"resnet": "resnet50", "densenet": "densenet121"}, {"resnet": 10, "densenet": 10}, rgb=True,
+                     same_as_thesis=True),
+         DatasetPlan("breast", "breastmnist", "breastmnist.npz", "BreastMNIST upscaled to 224x224 RGB stands in for "
+                     "the thesis's breast cancer set", {"resnet": "resnet50", "densenet": "densenet121"},
+                     {"resnet": 10, "densenet": 10}, rgb=True, resize=224)),
+        _campaign(whitebox={"attacks": ["fgsm", "bim", "pgd", "mifgsm"], "eps": ["1/255", "2/255", "4/255", "8/255"],
+                            "n_images": 500, "batch_size": 32},
+                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 50, "shard_size": 5,
+                            "defended_attacks": ["hsja"]},
+                  defenses={"enabled": True, "epochs": 5}),
+        device="auto"),
+    "tiny": ThesisPreset(
+        "tiny", "a smoke test (seconds per step): two smallcnns, 1 epoch, a few images, budgets 200/500",
+        (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA,
+                     {"resnet": "smallcnn", "densenet": "smallcnn"}, {"resnet": 1, "densenet": 1}),
+         DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST,
+                     {"resnet": "smallcnn", "densenet": "smallcnn"}, {"resnet": 1, "densenet": 1})),
+        _campaign(clean={"bootstrap": 50},
+                  whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255"], "n_images": 40, "grid_images": 1},
+                  transfer={"n_images": 40},
+                  blackbox={"budgets": [200, 500], "n_images": 4, "shard_size": 4, "defended_attacks": ["hsja"]},
+                  defenses={"enabled": True, "epochs": 1, "train_steps": 2, "eval_attacks": "fgsm,mifgsm",
+                            "eval_n": 40}),
+        skip=FULL_ONLY),
+}
+
+
+def get_preset(name: str) -> ThesisPreset:
+    if name not in PRESETS:
+        raise MedShieldError(f"unknown thesis preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_config(preset: ThesisPreset, config: str | Path | None = None, **overrides: Any) -> CampaignConfig:
+    """The preset's campaign, updated section by section from a YAML file (as ``medshield audit --config``
+    takes), then from ``overrides`` (None values ignored)."""
+    data = preset.campaign.model_dump()
+    if config is not None:
+        load_config(config)  # checks the file: unknown keys and bad values get the audit's messages
+        data = _merge(data, yaml.safe_load(Path(config).read_text()) or {})
+    return load_config(None, **{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
+    """The campaign for one dataset: the chapters the thesis reports on it, on the models they concern."""
+    from medshield.evaluation.whitebox import parse_eps
+
+    chapters = {f.chapter for f in THESIS_NUMBERS if f.dataset == plan.role}
+    wb = cfg.whitebox
+    attacks = list(dict.fromkeys([*wb.attacks, "fgsm", "mifgsm"]))
+    eps = wb.eps if any(math.isclose(e, parse_eps(cfg.transfer.eps)[0]) for e in parse_eps(wb.eps)) \
+        else [*wb.eps, cfg.transfer.eps]
+    return cfg.model_copy(update={
+        "title": f"{cfg.title} — {plan.dataset}",
+        "whitebox": wb.model_copy(update={"enabled": True, "attacks": attacks, "eps": eps}),
+        "blackbox": cfg.blackbox.model_copy(update={"enabled": cfg.blackbox.enabled and bool(chapters & {5, 6}),
+                                                    "runs": [plan.run_name(plan.blackbox)]}),
+        "detection": cfg.detection.model_copy(update={"runs": [plan.run_name(plan.blackbox)]}),
+        "defenses": cfg.defenses.model_copy(update={"enabled": cfg.defenses.enabled and 4 in chapters,
+                                                    "runs": [plan.run_name(plan.hardened)]}),
+    })
+
+
+def _device(preset: ThesisPreset) -> str:
+    if preset.device != "auto":
+        return preset.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: Path, seed: int) -> dict[str, str]:
+    """Train (or reuse, or resume) each role's model into ``OUT/models/<run name>``; role -> run folder."""
+    from medshield.api import train
+    from medshield.models.train import TrainConfig
+
+    runs = {}
+    for k, (role, arch) in enumerate(plan.models.items()):
+        run = out / "models" / plan.run_name(role)
+        if not (run / "metrics.json").is_file():
+            resume = (run / "state").exists()
+            tc = TrainConfig(epochs=plan.epochs[role], batch_size=preset.batch_size, seed=seed + k, device=_device(preset))
+            train(plan.dataset, run, model=arch, data_dir=data_dir, size=plan.size, rgb=plan.rgb, resize=plan.resize,
+                  train_config=tc, resume=resume, overwrite=not resume,
+                  extra_config={"thesis": {"preset": preset.name, "role": role}})
+        runs[role] = str(run)
+    return runs
+
+
+def present(preset: ThesisPreset, data_dir: Path) -> tuple[list[DatasetPlan], list[dict[str, str]]]:
+    """The preset's datasets found under ``data_dir``, and the skipped ones with the reason."""
+    found, skipped = [], []
+    for plan in preset.datasets:
+        if (data_dir / plan.path).exists():
+            found.append(plan)
+        else:
+            skipped.append({"dataset": plan.dataset, "role": plan.role, "reason": f"{data_dir / plan.path} not found"})
+    for path, reason in preset.skip.items():
+        if (data_dir / path).exists():
+            skipped.append({"dataset": path, "role": "", "reason": f"not in the {preset.name} preset: {reason}"})
+    if not found:
+        looked = ", ".join(str(data_dir / p.path) for p in preset.datasets)
+        extra = "".join(f"; {data_dir / p} is present but {r}" for p, r in preset.skip.items() if (data_dir / p).exists())
+        raise MedShieldError(f"no thesis dataset for the {preset.name} preset in {data_dir}: looked for {looked}{extra}")
+    return found, skipped
+
+
+# ---- ours beside the thesis ----
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _pick_budget(recs: list[dict[str, Any]], budget: int) -> int | None:
+    budgets = sorted({r["budget"] for r in recs})
+    if not budgets:
+        return None
+    return budget if budget in budgets else max([b for b in budgets if b <= budget] or budgets)
+
+
+def ours(fig: ThesisFigure, res: dict[str, Any], run: str, eps: float) -> tuple[float | None, dict[str, Any]]:
+    """Our figure for ``fig`` from one dataset's campaign results (``run`` = our model's folder name),
+    in the thesis's unit, plus what exactly it is (budget used, eps)."""
+    if fig.quantity == "clean_accuracy":
+        rec = next((r for r in res["clean"] if r["run"] == run), None)
+        return (None if rec is None else 100 * rec["accuracy"]), {}
+    if fig.quantity == "robust_accuracy":
+        if fig.defense in (None, "none"):
+            rec = next((r for r in res["whitebox"] if r["run"] == run and r["attack"] == fig.attack
+                        and _close(r["eps"], eps)), None)
+        else:
+            rec = next((r for r in res["defenses"] if r["base_run"] == run and r["defense"] == fig.defense
+                        and r["eval_attack"] == fig.attack and _close(r["eps"], eps)), None)
+        return (None if rec is None else 100 * rec["robust_accuracy"]), {"eps": eps}
+    recs = [r for r in res["blackbox"] if r["run"] == run and r["attack"] == fig.attack and r["defense"] == fig.defense]
+    budget = _pick_budget(recs, fig.budget or 0)
+    rec = next((r for r in recs if r["budget"] == budget), None)
+    if rec is None:
+        return None, {}
+    return rec["mean_l2"], {"our_budget": budget, "success_rate": rec["success_rate"], "n_images": rec["n_images"]}
+
+
+def comparability(fig: ThesisFigure, plan: DatasetPlan | None) -> str:
+    """Whether our figure can be set against the published one, in a few words."""
+    if fig.unit == "L2":
+        return "no: pixel scale differs; compare the ratio rows"
+    if plan is None:
+        return "–"
+    data = "same data/model" if plan.same_as_thesis else "stand-in data/model"
+    return f"yes ({data})" if fig.quantity == "clean_accuracy" else f"roughly: eps may differ ({data})"
+
+
+def figure_record(fig: ThesisFigure, plan: DatasetPlan | None, runs: dict[str, str] | None, res: dict[str, Any] | None,
+                  eps: float, skipped: str | None) -> dict[str, Any]:
+    """One row of ``thesis.json``: the published figure beside ours."""
+    rec: dict[str, Any] = {"chapter": fig.chapter, "table": fig.table, "dataset": THESIS_DATASETS[fig.dataset],
+                           "model": fig.model, "quantity": fig.quantity, "attack": fig.attack, "defense": fig.defense,
+                           "budget": fig.budget, "thesis": fig.value, "ours": None, "unit": fig.unit,
+                           "maps_to": fig.maps_to, "comparable": comparability(fig, plan)}
+    if plan is None or runs is None or res is None:
+        return {**rec, "note": skipped or "dataset not run"}
+    role = {"hardened": plan.hardened, "blackbox": plan.blackbox}.get(fig.role, fig.role)
+    run = Path(runs[role]).name
+    value, extra = ours(fig, res, run, eps)
+    note = f"ours: {plan.models[role]} on {plan.dataset}"
+    if "eps" in extra:
+        from medshield.evaluation.whitebox import eps_label
+
+        note += f", eps {eps_label(eps)}"
+    if extra.get("our_budget") not in (None, fig.budget):
+        note += f", at {extra['our_budget']:,} queries (largest run)"
+    if "success_rate" in extra:
+        note += f", {extra['n_images']} images, {100 * extra['success_rate']:.0f}% succeeded"
+    if value is None:
+        note += " (no adversarial found)" if "success_rate" in extra else " (not measured: the campaign config left it out)"
+    return {**rec, **extra, "ours": value, "our_dataset": plan.dataset, "our_model": plan.models[role], "our_run": run,
+            "note": note}
+
+
+def ratio_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scale-free ratios of the L2 rows (thesis's and ours), e.g. RND/none at 20K queries."""
+    def find(key: tuple[str, str, int]) -> dict[str, Any] | None:
+        return next((r for r in records if r["quantity"] == "mean_l2" and (r["attack"], r["defense"], r["budget"]) == key), None)
+
+    out = []
+    for chapter, table, num, den in RATIOS:
+        a, b = find(num), find(den)
+        if a is None or b is None:
+            continue
+        label = f"{num[0].upper()}/{den[0].upper()}" if num[1] == den[1] else f"{num[1].upper()}/{den[1]}"
+        ours_ratio = a["ours"] / b["ours"] if a["ours"] is not None and b["ours"] else None
+        out.append({"chapter": chapter, "table": table, "dataset": a["dataset"], "model": None, "quantity": "l2_ratio",
+                    "attack": f"{num[0]}/{den[0]}", "defense": f"{num[1]}/{den[1]}", "budget": num[2], "label": label,
+                    "thesis": a["thesis"] / b["thesis"], "ours": ours_ratio, "unit": "ratio",
+                    "maps_to": f"mean L2 ratio {label} at {num[2]:,} queries",
+                    "comparable": "yes: scale-free ratio",
+                    "note": f"thesis ratio from its published {a['thesis']} / {b['thesis']}"
+                            + (f"; {a['note']}" if a.get("our_run") else "")})
+    return out
+
+
+def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick", workers: int | None = None,
+                     executor: str | None = None, address: str | None = None,
+                     config: str | Path | None = None) -> dict[str, Any]:
+    """Train, run the campaign per present dataset, and write ``OUT/thesis.json``, ``thesis.md`` and
+    ``thesis.html`` (the thesis's figures beside ours, one table per chapter). Resumable: trained models
+    and finished campaign jobs are kept."""
+    from medshield.campaign.audit import audit
+    from medshield.evaluation.whitebox import parse_eps
+    from medshield.report.thesis import write_thesis_report
+
+    start = time.perf_counter()
+    spec = get_preset(preset)
+    data_dir, out = Path(data_dir), Path(out)
+    cfg = preset_config(spec, config, workers=workers, executor=executor, address=address)
+    plans, skipped = present(spec, data_dir)
+    eps = parse_eps(cfg.transfer.eps)[0]
+    done: dict[str, tuple[DatasetPlan, dict[str, str], dict[str, Any]]] = {}
+    for plan in plans:
+        if plan.role in done:
+            continue
+        runs = train_models(plan, spec, data_dir, out, cfg.seed)
+        res = audit(list(runs.values()), out / plan.dataset, dataset=plan.dataset, data_dir=data_dir,
+                    config=dataset_config(cfg, plan))
+        done[plan.role] = (plan, runs, res)
+    reasons = {s["role"]: s["reason"] for s in skipped if s["role"]}
+    records = [figure_record(f, *done.get(f.dataset, (None, None, None)), eps, reasons.get(f.dataset))
+               for f in THESIS_NUMBERS]
+    records += ratio_records(records)
+    result = {"preset": spec.name, "description": spec.description, "data_dir": str(data_dir),
+              "datasets": [{"role": p.role, "dataset": p.dataset, "description": p.description,
+                            "models": {r: {"architecture": a, "run": runs[r]} for r, a in p.models.items()},
+                            "report": str(out / p.dataset / "report.html")} for p, runs, _ in done.values()],
+              "skipped": skipped, "eps": eps, "records": records}
+    write_json(out / "thesis.json", result)
+    write_thesis_report(result, out)
+    write_json(out / "thesis_timings.json", {"wall_seconds": time.perf_counter() - start})
+    return result

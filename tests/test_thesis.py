@@ -1,0 +1,135 @@
+"""``medshield reproduce thesis`` on the real PneumoniaMNIST file with the ``tiny`` preset: the thesis's
+figures beside ours in every chapter, resumption without retraining, and the missing-data error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medshield.campaign.thesis import RATIOS, THESIS_NUMBERS, get_preset, preset_config, reproduce_thesis
+from medshield.errors import MedShieldError
+
+
+@pytest.fixture(scope="module")
+def pneumonia_only(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding only pneumoniamnist.npz (the chest X-ray stand-in)."""
+    folder = tmp_path_factory.mktemp("data")
+    shutil.copy(shared_data / "pneumoniamnist.npz", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_run(pneumonia_only: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("thesis")
+    return out, reproduce_thesis(pneumonia_only, out, preset="tiny")
+
+
+def test_thesis_numbers_are_the_published_ones() -> None:
+    values = {(f.chapter, f.quantity, f.attack, f.defense, f.model): f.value for f in THESIS_NUMBERS}
+    assert values[(3, "clean_accuracy", None, None, "ResNet-50")] == 95.86
+    assert values[(3, "robust_accuracy", "mifgsm", None, "DenseNet-121")] == 0.0
+    assert values[(3, "robust_accuracy", "fgsm", None, "ResNet")] == 7.69
+    assert values[(4, "robust_accuracy", "mifgsm", "ant", None)] == 85.34
+    assert values[(5, "mean_l2", "gbba", "none", None)] == 4.74
+    assert values[(6, "mean_l2", "hsja", "dnd", None)] == 38.98
+    assert len(THESIS_NUMBERS) == 18 and len(RATIOS) == 4
+
+
+def test_every_chapter_has_thesis_and_ours(tiny_run: tuple[Path, dict]) -> None:
+    out, result = tiny_run
+    saved = json.loads((out / "thesis.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(result["records"]))
+    for chapter in (3, 4, 5, 6):
+        recs = [r for r in saved["records"] if r["chapter"] == chapter]
+        assert recs, f"chapter {chapter} missing"
+        for r in recs:
+            assert {"chapter", "table", "dataset", "model", "quantity", "ours", "thesis", "unit", "note"} <= r.keys()
+            assert r["thesis"] is not None
+        chest = [r for r in recs if r["dataset"].startswith("chest")]
+        assert any(r["ours"] is not None for r in chest), f"no measured figure of ours in chapter {chapter}"
+    by = {(r["chapter"], r["quantity"], r["attack"], r["defense"]): r for r in saved["records"]
+          if r["dataset"].startswith("chest")}
+    clean = by[(3, "clean_accuracy", None, None)]
+    assert 50 <= clean["ours"] <= 100 and clean["our_dataset"] == "pneumoniamnist"
+    assert by[(4, "robust_accuracy", "fgsm", "at")]["ours"] is not None  # the AT fine-tune ran and was read back
+    ratio = by[(6, "l2_ratio", "hsja/hsja", "rnd/none")]
+    assert ratio["thesis"] == pytest.approx(29.27 / 2.23)
+    breast = [r for r in saved["records"] if r["dataset"].startswith("breast")]
+    assert breast and all(r["ours"] is None and "breastmnist.npz not found" in r["note"] for r in breast)
+    assert any(s["dataset"] == "breastmnist" for s in saved["skipped"])
+
+
+def test_markdown_shows_published_numbers(tiny_run: tuple[Path, dict]) -> None:
+    out, _ = tiny_run
+    md = (out / "thesis.md").read_text()
+    for text in ("95.86%", "96.03%", "83.28%", "85.34%", "32.5", "7.47", "4.74", "2.23", "29.3", "39", "13.13x",
+                 "| thesis |", "| ours |", "comparable?"):
+        assert text in md, text
+    for chapter in (3, 4, 5, 6):
+        assert f"## Chapter {chapter}:" in md
+    html = (out / "thesis.html").read_text()
+    assert "<table>" in html and "95.86%" in html
+    assert (out / "pneumoniamnist" / "report.html").is_file()  # the campaign's own audit report
+
+
+def test_rerun_reuses_models_and_jobs(tiny_run: tuple[Path, dict], pneumonia_only: Path) -> None:
+    out, result = tiny_run
+    weights = sorted((out / "models").rglob("model.safetensors"))
+    assert len(weights) >= 2
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    jobs = (out / "pneumoniamnist" / "jobs.json").read_text()
+    again = reproduce_thesis(pneumonia_only, out, preset="tiny")
+    assert {p: p.stat().st_mtime_ns for p in weights} == before  # no retraining
+    assert (out / "pneumoniamnist" / "jobs.json").read_text() == jobs  # no job re-run
+    assert again["records"] == result["records"]
+
+
+def test_missing_dataset_names_the_files(tmp_path: Path) -> None:
+    with pytest.raises(MedShieldError, match=r"pneumoniamnist\.npz.*breastmnist\.npz"):
+        reproduce_thesis(tmp_path, tmp_path / "out", preset="quick")
+    (tmp_path / "chest_xray").mkdir()
+    with pytest.raises(MedShieldError, match="--preset full"):
+        reproduce_thesis(tmp_path, tmp_path / "out", preset="quick")
+
+
+def test_config_yaml_overrides_a_section_only(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("blackbox:\n  n_images: 7\n")
+    cfg = preset_config(get_preset("quick"), path)
+    assert cfg.blackbox.n_images == 7
+    assert cfg.blackbox.budgets == [1000, 5000, 10_000, 20_000]  # the preset's, not the audit default
+    path.write_text("blackbox:\n  n_imgs: 7\n")
+    with pytest.raises(MedShieldError, match="n_imgs"):
+        preset_config(get_preset("quick"), path)
+    with pytest.raises(MedShieldError, match="unknown thesis preset"):
+        get_preset("huge")
+
+
+def test_cli_reports_missing_data_in_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+
+    res = CliRunner().invoke(app, ["reproduce", "thesis", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "no thesis dataset" in res.output and "pneumoniamnist.npz" in res.output
+
+
+def test_plan_limits_sections_to_runs_and_defended_attacks(demo_run: Path, demo_run2: Path, tmp_path: Path) -> None:
+    from medshield.campaign.config import CampaignConfig
+    from medshield.campaign.runner import plan
+
+    cfg = CampaignConfig.model_validate({
+        "whitebox": {"attacks": ["fgsm"]}, "transfer": {"enabled": False}, "detection": {"enabled": False},
+        "blackbox": {"attacks": ["hsja", "gbba"], "defenses": ["none", "rnd"], "n_images": 2, "shard_size": 2,
+                     "defended_attacks": ["hsja"], "runs": [demo_run2.name]},
+        "defenses": {"enabled": True, "defenses": ["at"], "runs": [demo_run.name]}})
+    keys = [j.key for j in plan(cfg, [str(demo_run), str(demo_run2)], "demo", None, tmp_path)]
+    assert f"whitebox|{demo_run.name}|fgsm" in keys and f"whitebox|{demo_run2.name}|fgsm" in keys
+    blackbox = [k for k in keys if k.startswith("blackbox|")]
+    assert blackbox == [f"blackbox|{demo_run2.name}|{a}|{d}|l2|0" for d, a in
+                        (("none", "hsja"), ("none", "gbba"), ("rnd", "hsja"))]
+    assert [k for k in keys if k.startswith("defense|")] == [f"defense|{demo_run.name}|at"]
