@@ -12,44 +12,33 @@ passes per batch, and AT/ANT then train on twice the batch, so roughly (k + 2)x 
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
+from bench_train import bench_dataset, parser, timed_training
 
 from medshield.api import seeded
-from medshield.data import load_dataset
 from medshield.defenses.training import build_training_hook
 from medshield.models import create_model
-from medshield.models.train import TrainConfig, train_model
+from medshield.models.train import TrainConfig
 
 SETTINGS = [("none", "online"), ("noise", "online"), ("at", "online"), ("ant", "online"), ("at", "fixed"),
             ("ant", "fixed")]
 
 
 def one_epoch(model_name: str, ds, hook, cfg: TrainConfig) -> float:  # noqa: ANN001
-    with seeded(0), tempfile.TemporaryDirectory() as tmp:
-        model = create_model(name=model_name)
-        start = time.perf_counter()
-        train_model(model, ds, Path(tmp), cfg, hook=hook)
-        return time.perf_counter() - start
+    with seeded(0):
+        return timed_training(create_model(name=model_name), ds, cfg, hook=hook)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--dataset", default="pneumoniamnist")
-    p.add_argument("--model", default="smallcnn")
+    p = parser(__doc__)
     p.add_argument("--train-attack", default="mifgsm")
     p.add_argument("--train-steps", type=int, default=5)
     p.add_argument("--images", type=int, default=1024, help="training images per epoch (a prefix of the split)")
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
-    name = args.dataset if (Path(args.data_dir) / f"{args.dataset}.npz").is_file() else "demo"
-    ds = load_dataset(name, args.data_dir)
+    name, ds = bench_dataset(args)
     ds = replace(ds, train=ds.train.subset(torch.arange(min(args.images, len(ds.train)))),
                  val=ds.val.subset(torch.arange(min(64, len(ds.val)))))  # keep validation out of the comparison
     cfg = TrainConfig(epochs=1, patience=2)

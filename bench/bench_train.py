@@ -41,24 +41,39 @@ def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: 
     return time.perf_counter() - start
 
 
-def ours(model, ds, epochs: int, bs: int, augment: bool) -> float:  # noqa: ANN001
-    cfg = TrainConfig(epochs=epochs, batch_size=bs, augment=augment, patience=epochs + 1)
+def timed_training(model, ds, cfg: TrainConfig, hook=None) -> float:  # noqa: ANN001
+    """Seconds of MedShield's ``train_model`` (optionally with a defense hook) in a throwaway run folder."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        train_model(model, ds, Path(tmp), cfg)
+        train_model(model, ds, Path(tmp), cfg, hook=hook)
         return time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def ours(model, ds, epochs: int, bs: int, augment: bool) -> float:  # noqa: ANN001
+    return timed_training(model, ds, TrainConfig(epochs=epochs, batch_size=bs, augment=augment, patience=epochs + 1))
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every training benchmark shares: data, dataset, model."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--dataset", default="pneumoniamnist")
     p.add_argument("--model", default="smallcnn")
+    return p
+
+
+def bench_dataset(args: argparse.Namespace) -> tuple[str, object]:
+    """The requested dataset, or the built-in demo data where its file is absent."""
+    name = args.dataset if (Path(args.data_dir) / f"{args.dataset}.npz").is_file() else "demo"
+    return name, load_dataset(name, args.data_dir)
+
+
+def main() -> None:
+    p = parser(__doc__)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()
-    name = args.dataset if (Path(args.data_dir) / f"{args.dataset}.npz").is_file() else "demo"
-    ds = load_dataset(name, args.data_dir)
+    name, ds = bench_dataset(args)
     x, y = ds.train.images(), ds.train.labels
     n = len(x) * args.epochs
     print(f"dataset {name}, model {args.model}, {len(x)} images x {args.epochs} epochs, batch {args.batch_size}, "
