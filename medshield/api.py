@@ -119,9 +119,11 @@ def evaluate_model(model: BoundedModel, ds: Dataset, split: str = "test", seed: 
     return classification_metrics(part.labels, probs, ds.positive_class, n_bootstrap=n_bootstrap, seed=seed)
 
 
-def load_run_and_data(run: str | Path, dataset: str | None, data_dir: str | Path | None) -> tuple[BoundedModel, Dataset, dict[str, Any]]:
-    """A trained run plus its dataset loaded with the options it was trained with; checks they fit."""
-    model, config = load_run(Path(run))
+def load_run_and_data(run: str | Path, dataset: str | None, data_dir: str | Path | None,
+                      device: str = "cpu") -> tuple[BoundedModel, Dataset, dict[str, Any]]:
+    """A trained run (on ``device``) plus its dataset loaded with the options it was trained with;
+    checks they fit."""
+    model, config = load_run(Path(run), device)
     name = dataset or config.get("data", {}).get("dataset")
     if not name:
         raise MedShieldError("no dataset given and the run's config.json names none; pass --dataset")
@@ -210,6 +212,7 @@ def attack(
     direction: str = "both",
     attack_kwargs: dict[str, dict[str, Any]] | None = None,
     grid: bool = True,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """White-box evaluation of one or more runs (several runs, e.g. grey and RGB, are reported side by
     side); resumable. Writes ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
@@ -229,7 +232,7 @@ def attack(
     store = RecordStore(out / "whitebox_jobs.json")
     records, loaded = [], {}
     for run in _split_names(runs):
-        model, ds, config = load_run_and_data(run, dataset, data_dir)
+        model, ds, config = load_run_and_data(run, dataset, data_dir, device)
         x, y = _eval_images(ds, split, n, seed)
         meta = {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
                 "channels": ds.channels}
@@ -252,6 +255,7 @@ def transfer(
     n: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """Source x target transfer matrix; writes ``OUT/transfer.json``, ``transfer.md`` and ``transfer.png``."""
     from medshield.attacks import create_attack
@@ -268,7 +272,7 @@ def transfer(
         raise MedShieldError("transfer takes one eps")
     models, ds = {}, None
     for run in runs:
-        model, ds, _ = load_run_and_data(run, dataset, data_dir)
+        model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
         models[Path(run).name] = model
     assert ds is not None
     x, y = _eval_images(ds, split, n, seed)
@@ -328,15 +332,21 @@ def defend(
                  "train_eps": eps, "train_steps": train_steps, "norm": norm, "source": source,
                  "source_run": str(source_run) if source_run else None, "init_from": str(init_from) if init_from else None,
                  "noise_mean": noise_mean, "noise_sigma": noise_sigma}
-    fixed = load_run(Path(source_run))[0] if source == "fixed" and source_run else None
+    fixed = load_run(Path(source_run), train_config.device if train_config else "cpu")[0] \
+        if source == "fixed" and source_run else None
     hook = build_training_hook(defense, train_attack, eps, norm=norm, steps=train_steps, source=source,
                                fixed_model=fixed, mean=noise_mean, sigma=noise_sigma)
     out = Path(out)
+    init_config = Path(init_from) / CONFIG_FILE if init_from else None
+    data = {k: v for k, v in data_options(read_json(init_config)).items() if k != "seed"} \
+        if init_config and init_config.is_file() else {}  # fine-tune on the images the init run saw (size, RGB)
     metrics = train(dataset, out, model=model, data_dir=data_dir, train_config=train_config, hook=hook,
-                    resume=resume, overwrite=overwrite, init_from=init_from, extra_config={"defense": hook_spec})
+                    resume=resume, overwrite=overwrite, init_from=init_from, extra_config={"defense": hook_spec},
+                    **data)
     whitebox = attack(str(out), out / "eval", dataset=dataset, data_dir=data_dir, attacks=eval_attacks,
                       eps=eval_eps, norm=norm, n=eval_n, seed=train_config.seed if train_config else 0,
-                      attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False)
+                      attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False,
+                      device=train_config.device if train_config else "cpu")
     records = defense_records(whitebox, hook_spec, metrics)
     write_json(out / "defense.json", records)
     return records
@@ -347,14 +357,17 @@ def defense_report(runs: str | list[str], out: str | Path) -> list[dict[str, Any
     (thesis Fig. 4-5) and training curves (Fig. 4-6)."""
     from medshield.report.defense import write_defense_report
 
-    records, histories = [], {}
+    from medshield.evaluation.defense import unique_labels
+
+    per_run, histories = [], {}
     for run in _split_names(runs):
         path = Path(run) / "defense.json"
         if not path.is_file():
             raise MedShieldError(f"{path} not found: train it with `medshield defend ... --out {run}`")
-        run_records = read_json(path)
-        records += run_records
-        label = run_records[0]["label"] if run_records else Path(run).name
+        per_run.append((Path(run).name, read_json(path)))
+    records = []
+    for run, (_, run_records), label in zip(_split_names(runs), per_run, unique_labels(per_run)):
+        records += [{**rec, "label": label} for rec in run_records]
         histories[label] = read_json(Path(run) / "metrics.json").get("history", [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +489,7 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
-             batch_size: int | None = None, adaptive_k: int = 1) -> dict[str, Any]:
+             batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu") -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
     ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
@@ -497,7 +510,7 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
     else:
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
-        model, ds, _ = load_run_and_data(run, dataset, data_dir)
+        model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
         summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class)
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)

@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root (default $MEDSHIELD_DATA).")]
 Dataset = Annotated[str, typer.Option("--dataset", help="demo, pneumoniamnist, breastmnist, chest_xray, ...")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are reproducible).")]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 
 
 def user_errors(func: F) -> F:
@@ -66,7 +67,7 @@ def train(
     single_logit: Annotated[bool, typer.Option("--single-logit", help="One sigmoid logit (binary).")] = False,
     pretrained: Annotated[str | None, typer.Option(help="'imagenet' (torch hub cache) or a weights file.")] = None,
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train the new head only.")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Device = "cpu",
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
@@ -196,6 +197,7 @@ def attack(
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     direction: Annotated[str, typer.Option(help="both, disease_to_normal (missed diagnosis) or normal_to_disease (fraud).")] = "both",
     steps: Annotated[int | None, typer.Option(help="Iterations of the iterative attacks (default: each attack's own).")] = None,
+    device: Device = "cpu",
     seed: Seed = 0,
 ) -> None:
     """White-box attacks x eps; writes OUT/whitebox.json, whitebox.md, robust_vs_eps.png, grid.png."""
@@ -204,7 +206,8 @@ def attack(
     names = [a.strip() for a in attacks.split(",") if a.strip()]
     kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
     records = api.attack(run, out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
-                         n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs)
+                         n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs,
+                         device=device)
     keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
     emit({"records": [{k: r[k] for k in keys} for r in records], "out": str(out)})
 
@@ -222,13 +225,14 @@ def transfer(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     n: Annotated[int | None, typer.Option("--n", help="Use n images drawn with --seed (default: all).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
+    device: Device = "cpu",
     seed: Seed = 0,
 ) -> None:
     """Transfer matrix: adversarials made on each source, accuracy of every target; writes OUT/transfer.json."""
     from medshield import api
 
     records = api.transfer(source, out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
-                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed)
+                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed, device=device)
     emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
 
 
@@ -254,6 +258,7 @@ def defend(
     eval_attacks: Annotated[str, typer.Option(help="Attacks for the evaluation.")] = "fgsm,bim,mifgsm,pgd",
     eval_eps: Annotated[str, typer.Option(help="Evaluation eps values.")] = "2/255",
     eval_n: Annotated[int | None, typer.Option(help="Evaluate on N test images (default all).")] = None,
+    device: Device = "cpu",
     seed: Seed = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run.")] = False,
@@ -262,7 +267,7 @@ def defend(
     from medshield import api
     from medshield.models.train import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     records = api.defend(dataset, out, defense, model=model, data_dir=data_dir, train_attack=train_attack,
                          train_eps=train_eps, train_steps=train_steps, source=source, source_run=source_run,
                          init_from=init_from, noise_mean=noise_mean, noise_sigma=noise_sigma, train_config=cfg,
@@ -344,6 +349,7 @@ def blackbox(
     adaptive: Annotated[int, typer.Option("--adaptive", help="Adaptive attacker: repeat each query K times, "
                                           "majority label (budgets count all K).")] = 1,
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
+    device: Device = "cpu",
     seed: Seed = 0,
 ) -> None:
     """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table."""
@@ -352,7 +358,7 @@ def blackbox(
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
                            seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
-                           adaptive_k=adaptive)
+                           adaptive_k=adaptive, device=device)
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -63,3 +64,10 @@ def test_wrong_dataset_for_model(tmp_path: Path) -> None:
     np.savez(tmp_path / "octmnist.npz", **arrays)
     r = runner.invoke(app, ["evaluate", "--run", str(run), "--dataset", "octmnist", "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "has 4 classes but the model predicts 2" in _err(r)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["defend", "--dataset", "demo", "--defense", "noise", "--device", "cuda",
+                            "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "no CUDA GPU" in _err(r) and "Traceback" not in _err(r)

@@ -51,3 +51,14 @@ def test_gap_statement_flags_weaker_strongest_attack() -> None:
     add_gaps(recs)
     assert recs[0]["gap"] == pytest.approx(0.5) and recs[0]["strongest_attack"] == "pgd"
     assert "gap of 50.0 points" in gap_statements(recs)[0]
+
+
+def test_labels_carry_training_eps_and_stay_unique() -> None:
+    from medshield.evaluation.defense import defense_label, unique_labels
+
+    at2 = {"defense": "at", "train_attack": "mifgsm", "train_eps": 2 / 255}
+    at8 = {**at2, "train_eps": 8 / 255}
+    assert defense_label(at2) == "at(mifgsm 2/255)" and defense_label(at8) == "at(mifgsm 8/255)"
+    assert defense_label({"defense": "noise", "train_attack": None, "train_eps": 2 / 255}) == "noise"
+    assert unique_labels([("r2", [at2]), ("r8", [at8])]) == ["at(mifgsm 2/255)", "at(mifgsm 8/255)"]
+    assert unique_labels([("small", [at2]), ("r18", [at2])]) == ["at(mifgsm 2/255) [small]", "at(mifgsm 2/255) [r18]"]

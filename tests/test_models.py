@@ -99,3 +99,21 @@ def test_pretrained_missing_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(CheckpointError, match="never downloads"):
         load_pretrained(create_model(name="resnet18").net, "resnet18", "imagenet")
+
+
+def test_resolve_device() -> None:
+    from medshield.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(CheckpointError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_load_run_on_device(tmp_path: Path) -> None:
+    save_run(tmp_path / "run", create_model(name="smallcnn", num_classes=2), {"data": {}})
+    loaded, _ = load_run(tmp_path / "run", "auto")
+    assert next(loaded.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")

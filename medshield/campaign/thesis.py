@@ -241,11 +241,9 @@ def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
 
 
 def _device(preset: ThesisPreset) -> str:
-    if preset.device != "auto":
-        return preset.device
-    import torch
+    from medshield.models.checkpoint import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device(preset.device))
 
 
 def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: Path, seed: int) -> dict[str, str]:

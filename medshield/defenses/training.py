@@ -65,6 +65,8 @@ class _AdversarialSource:
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         target = self._frozen if self._frozen is not None else model
+        if self._frozen is not None and next(self._frozen.parameters()).device != x.device:
+            self._frozen.to(x.device)  # the training device, known only once batches arrive
         result = self.attack(target, x, y, eps=self.eps, generator=gen)
         return result.adversarial.detach()
 

@@ -11,9 +11,21 @@ from typing import Any
 
 
 def defense_label(spec: dict[str, Any]) -> str:
-    """``ant(mifgsm)``, ``at(pgd)``, ``noise``, ``none``."""
-    name = spec["defense"]
-    return f"{name}({spec['train_attack']})" if spec.get("train_attack") else name
+    """``ant(mifgsm 2/255)``, ``at(pgd 8/255)``, ``noise``, ``none``: the training eps is part of the
+    name, so models hardened at different budgets never share a row."""
+    from medshield.evaluation.whitebox import eps_label
+
+    name, attack, eps = spec["defense"], spec.get("train_attack"), spec.get("train_eps")
+    if not attack:
+        return name
+    return f"{name}({attack} {eps_label(eps)})" if eps is not None else f"{name}({attack})"
+
+
+def unique_labels(runs: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """One label per defended run ``(name, records)`` by :func:`defense_label`; runs whose labels
+    collide (same defense, different model or seed) get their run name appended."""
+    labels = [defense_label(recs[0]) if recs else name for name, recs in runs]
+    return [label if labels.count(label) == 1 else f"{label} [{name}]" for (name, _), label in zip(runs, labels)]
 
 
 def defense_records(whitebox: list[dict[str, Any]], spec: dict[str, Any], metrics: dict[str, Any]) -> list[dict[str, Any]]:

@@ -73,6 +73,20 @@ def save_run(run_dir: Path, model: BoundedModel, extra: dict[str, Any] | None = 
     write_json(run_dir / CONFIG_FILE, {"model": model.config.to_dict(), **(extra or {})})
 
 
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) as a ``torch.device``; a clear error
+    when CUDA is asked for and absent."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise CheckpointError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device!r} asked for but this PyTorch sees no CUDA GPU; use --device cpu")
+    return dev
+
+
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[BoundedModel, dict[str, Any]]:
     """Rebuild the model of a run directory (eval mode) and return it with its config."""
     run_dir = Path(run_dir)
@@ -96,4 +110,4 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
     except RuntimeError as exc:
         raise CheckpointError(f"{run_dir / MODEL_FILE} does not match its config.json ({str(exc)[:200]})") from exc
     model.config.pretrained = was_pretrained
-    return model.to(device).eval(), config
+    return model.to(resolve_device(device)).eval(), config

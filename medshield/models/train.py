@@ -20,7 +20,7 @@ from medshield.data.base import Dataset, ImageSet
 from medshield.evaluation.metrics import point_metrics
 from medshield.models.augment import AffineAugment
 from medshield.models.bounded import BoundedModel, class_logits, predict
-from medshield.models.checkpoint import MODEL_FILE, load_tensors, save_tensors, write_json
+from medshield.models.checkpoint import MODEL_FILE, load_tensors, resolve_device, save_tensors, write_json
 from medshield.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def train_model(
     """Train ``model`` on ``dataset.train``; ``RUN/model.safetensors`` holds the best-by-validation
     weights, which are loaded into ``model`` at the end."""
     run_dir = Path(run_dir)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -114,11 +114,12 @@ def train_model(
 
 def _run_epoch(model, data, opt, gen, cfg, augment, hook, epoch) -> float:  # noqa: ANN001
     model.train()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     steps = -(-len(data) // cfg.batch_size)
     with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", steps) as advance:
         for x, y in data.batches(cfg.batch_size, gen, shuffle=True):
-            x, y = x.to(cfg.device), y.to(cfg.device)
+            x, y = x.to(device), y.to(device)
             if augment is not None:
                 x = augment(x, gen)
             if hook is not None:
