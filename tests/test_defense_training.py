@@ -62,3 +62,16 @@ def test_labels_carry_training_eps_and_stay_unique() -> None:
     assert defense_label({"defense": "noise", "train_attack": None, "train_eps": 2 / 255}) == "noise"
     assert unique_labels([("r2", [at2]), ("r8", [at8])]) == ["at(mifgsm 2/255)", "at(mifgsm 8/255)"]
     assert unique_labels([("small", [at2]), ("r18", [at2])]) == ["at(mifgsm 2/255) [small]", "at(mifgsm 2/255) [r18]"]
+
+
+def test_report_has_one_panel_and_table_per_eval_eps(tmp_path: Path) -> None:
+    from medshield.report.defense import write_defense_report
+
+    recs = [{"label": lab, "train_attack": "mifgsm" if lab != "none" else None, "eval_attack": atk, "eps": e / 255,
+             "eps_label": f"{e}/255", "clean_accuracy": 0.9, "robust_accuracy": acc}
+            for lab in ("none", "at(mifgsm 2/255)") for atk in ("fgsm", "pgd") for e, acc in ((2, 0.7), (8, 0.1))]
+    from medshield.evaluation.defense import add_gaps
+
+    write_defense_report(add_gaps(recs), {}, tmp_path)
+    md = (tmp_path / "defense.md").read_text()
+    assert "eps 2/255" in md and "eps 8/255" in md and (tmp_path / "defense_bars.png").stat().st_size > 0
