@@ -47,6 +47,20 @@ def test_config_defaults_roundtrip_and_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.yaml")
 
 
+def test_device_reaches_every_job_and_cpu_keeps_job_arguments(tmp_path: Path, demo_run: Path) -> None:
+    from medshield.campaign.runner import plan
+
+    cpu = load_config(write_config(tmp_path / "c.yaml", defenses={"enabled": True}))
+    auto = cpu.model_copy(update={"device": "auto"})
+    cpu_jobs, auto_jobs = (plan(c, [str(demo_run)], "demo", None, tmp_path) for c in (cpu, auto))
+    assert [j.key for j in cpu_jobs] == [j.key for j in auto_jobs]
+    assert all("device" not in j.kwargs for j in cpu_jobs)
+    assert all(j.kwargs["device"] == "auto" for j in auto_jobs)
+    (tmp_path / "bad.yaml").write_text("device: gpu\n")
+    with pytest.raises(MedShieldError, match="device"):
+        load_config(tmp_path / "bad.yaml")
+
+
 def test_unknown_attack_fails_before_work(tmp_path: Path, demo_run: Path) -> None:
     from medshield.campaign.audit import audit
 

@@ -94,6 +94,8 @@ class CampaignConfig(BaseModel):
     executor: str = Field("local", pattern="^(local|ray)$")
     workers: int = Field(1, ge=1)
     address: str | None = None
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+                        description="where jobs run their models: cpu, cuda, cuda:N or auto (CUDA when available)")
     threads_per_job: int = Field(1, ge=1, description="torch threads in every job, whatever the executor "
                                                       "(fixed so results are bit-identical across executors)")
 

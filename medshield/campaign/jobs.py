@@ -17,10 +17,10 @@ TIMING_KEYS = frozenset({"seconds", "images_per_second", "source_seconds", "trai
 
 
 @lru_cache(maxsize=8)
-def _load(run: str, dataset: str | None, data_dir: str | None) -> tuple[Any, Any]:
+def _load(run: str, dataset: str | None, data_dir: str | None, device: str = "cpu") -> tuple[Any, Any]:
     from medshield.api import load_run_and_data
 
-    model, ds, _ = load_run_and_data(run, dataset, data_dir)
+    model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
     return model, ds
 
 
@@ -35,23 +35,23 @@ def eval_images(ds: Any, split: str, n: int | None, seed: int) -> tuple[torch.Te
     return _eval_images(ds, split, n, seed)
 
 
-def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int) -> dict[str, Any]:
+def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int, device: str = "cpu") -> dict[str, Any]:
     """Clean accuracy, sensitivity, specificity, AUC (bootstrap 95% CIs) of one model."""
     from medshield.api import evaluate_model
 
-    model, ds = _load(run, dataset, data_dir)
+    model, ds = _load(run, dataset, data_dir, device)
     metrics = evaluate_model(model, ds, split, seed=seed, n_bootstrap=bootstrap)
     return {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
             "n": len(ds.split(split)), "classes": ds.class_names, "positive_class": ds.positive_class, **metrics}
 
 
 def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
-                 eps: list[float], norm: str, n_images: int | None, batch_size: int) -> list[dict[str, Any]]:
+                 eps: list[float], norm: str, n_images: int | None, batch_size: int, device: str = "cpu") -> list[dict[str, Any]]:
     """One attack at every eps on one model (records as ``medshield attack`` writes them)."""
     from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
     from medshield.types import Norm
 
-    model, ds = _load(run, dataset, data_dir)
+    model, ds = _load(run, dataset, data_dir, device)
     x, y = eval_images(ds, split, n_images, seed)
     job = WhiteboxJob(attacks=[attack], eps=list(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
                       attack_kwargs={"pgd": {"restarts": 1}})
@@ -61,15 +61,16 @@ def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str
 
 
 def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir: str | None, split: str, seed: int,
-                 attack: str, eps: float, norm: str, n_images: int | None, batch_size: int = 128) -> list[dict[str, Any]]:
+                 attack: str, eps: float, norm: str, n_images: int | None, batch_size: int = 128,
+                 device: str = "cpu") -> list[dict[str, Any]]:
     """Adversarials made on ``source``, evaluated on every target (one row of the transfer matrix)."""
     from medshield.attacks import create_attack
     from medshield.evaluation.transfer import check_compatible, transfer_record
     from medshield.evaluation.whitebox import eps_label, run_batched
     from medshield.models import predict
 
-    src, ds = _load(source, dataset, data_dir)
-    models = {Path(t).name: _load(t, dataset, data_dir)[0] for t in targets}
+    src, ds = _load(source, dataset, data_dir, device)
+    models = {Path(t).name: _load(t, dataset, data_dir, device)[0] for t in targets}
     check_compatible({Path(source).name: src, **models})
     x, y = eval_images(ds, split, n_images, seed)
     result = run_batched(create_attack(attack, norm=norm), src, x, y, eps, batch_size, seed)
@@ -79,13 +80,14 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
 
 
 def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
-                 defense: str, indices: list[int], budgets: list[int], norm: str, shard: int) -> dict[str, Any]:
+                 defense: str, indices: list[int], budgets: list[int], norm: str, shard: int,
+                 device: str = "cpu") -> dict[str, Any]:
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
     generator seeded by the job's identity, so a re-run gives the same answers."""
     from medshield.attacks.decision import model_label_fn
     from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, parse_defense, run_job
 
-    model, ds = _load(run, dataset, data_dir)
+    model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
     job_seed = derived_seed(seed, run, attack, defense, shard)
@@ -105,13 +107,13 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
 
 
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,
-                       defense: str) -> dict[str, Any]:
+                       defense: str, device: str = "cpu") -> dict[str, Any]:
     """What an inference-time defense (a spec such as ``rnd:nu=0.04``) costs on the clean split:
     accuracy, AUC, flip rate."""
     from medshield.evaluation.blackbox import parse_defense
     from medshield.evaluation.defended import defended_clean_metrics
 
-    model, ds = _load(run, dataset, data_dir)
+    model, ds = _load(run, dataset, data_dir, device)
     name, params = parse_defense(defense)
     rec = defended_clean_metrics(model, ds, name, params, split=split, seed=derived_seed(seed, run, defense, "clean"))
     return {"run": Path(run).name, **rec, "defense": defense}
@@ -119,7 +121,7 @@ def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, spli
 
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
                          out: str, train_attack: str, train_eps: str, train_steps: int, epochs: int,
-                         eval_attacks: str, eval_n: int | None, eval_eps: str) -> list[dict[str, Any]]:
+                         eval_attacks: str, eval_n: int | None, eval_eps: str, device: str = "cpu") -> list[dict[str, Any]]:
     """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training)."""
     from medshield.api import defend, run_info
     from medshield.models.train import TrainConfig
@@ -129,7 +131,7 @@ def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, d
     resume = (Path(out) / "state").exists()
     records = defend(dataset or info["data"]["dataset"], out, defense, model=model_name, data_dir=data_dir,
                      train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
-                     train_config=TrainConfig(epochs=epochs, seed=seed), eval_attacks=eval_attacks,
+                     train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
                      eval_eps=eval_eps, eval_n=eval_n, resume=resume, overwrite=not resume)
     return [{"base_run": Path(base_run).name, **r} for r in records]
 
@@ -156,11 +158,11 @@ def split_timings(value: Any) -> tuple[Any, Any]:
 
 
 def detection_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attacks: list[str],
-                  budget: int, n_images: int) -> dict[str, Any]:
+                  budget: int, n_images: int, device: str = "cpu") -> dict[str, Any]:
     """Stateful stream detection on one model: when each attack's per-image query stream is flagged,
     and how many benign streams (the test split, plain / noisy / shifted) are flagged falsely."""
     from medshield.evaluation.detection import DetectionConfig, run_detection
 
-    model, ds = _load(run, dataset, data_dir)
+    model, ds = _load(run, dataset, data_dir, device)
     cfg = DetectionConfig(attacks=attacks, n_images=n_images, budget=budget, within=min(1000, budget), seed=seed)
     return {"run": Path(run).name, **run_detection(model, ds, cfg, split=split)}

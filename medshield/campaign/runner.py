@@ -58,7 +58,7 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     """Every job of the campaign, in a stable order with stable keys."""
     from medshield.evaluation.whitebox import parse_eps
 
-    base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed}
+    base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed, **_device(cfg)}
     jobs: list[Job] = []
     for run in runs:
         if cfg.clean.enabled:
@@ -76,6 +76,11 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     if cfg.defenses.enabled:
         jobs += _training_defense_jobs(cfg, runs, base, out)
     return jobs
+
+
+def _device(cfg: CampaignConfig) -> dict[str, str]:
+    """The jobs' ``device`` argument: absent for the CPU, so CPU campaigns keep their job arguments."""
+    return {} if cfg.device == "cpu" else {"device": cfg.device}
 
 
 def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -> list[Job]:
@@ -96,7 +101,7 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
     from medshield.campaign.jobs import _load
     from medshield.evaluation.blackbox import select_images
 
-    model, ds = _load(run, base["dataset"], base["data_dir"])
+    model, ds = _load(run, base["dataset"], base["data_dir"], base.get("device", "cpu"))
     return select_images(model_label_fn(model), ds.split(cfg.split), n, cfg.seed).tolist()
 
 
@@ -130,7 +135,7 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
                 {"dataset": base["dataset"], "data_dir": base["data_dir"], "seed": cfg.seed, "defense": defense,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
-                 "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps})
+                 "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg)})
             for run in runs if covers(d.runs, run) for defense in d.defenses]
 
 

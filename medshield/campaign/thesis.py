@@ -179,7 +179,7 @@ PRESETS: dict[str, ThesisPreset] = {
                             "n_images": 500, "batch_size": 32},
                   blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 50, "shard_size": 5,
                             "defended_attacks": ["hsja"]},
-                  defenses={"enabled": True, "epochs": 5}),
+                  defenses={"enabled": True, "epochs": 5}, device="auto"),
         device="auto"),
     "tiny": ThesisPreset(
         "tiny", "a smoke test (seconds per step): two smallcnns, 1 epoch, a few images, budgets 200/500",
