@@ -156,7 +156,7 @@ PRESETS: dict[str, ThesisPreset] = {
         "quick", "CPU minutes: small stand-ins (smallcnn for DenseNet-121, resnet18 for ResNet-50) on the 28x28 "
                  "sets, few epochs and images; black-box budgets 1K-20K on 4 images (RND/DND against HSJA only, "
                  "as in chapter 6)",
-        (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 5}),
+        (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 10}),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST, STANDIN, {"resnet": 6, "densenet": 10})),
         _campaign(clean={"bootstrap": 200},
                   whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255", "4/255"], "n_images": 150,
