@@ -332,8 +332,8 @@ def defend(
                  "train_eps": eps, "train_steps": train_steps, "norm": norm, "source": source,
                  "source_run": str(source_run) if source_run else None, "init_from": str(init_from) if init_from else None,
                  "noise_mean": noise_mean, "noise_sigma": noise_sigma}
-    fixed = load_run(Path(source_run), train_config.device if train_config else "cpu")[0] \
-        if source == "fixed" and source_run else None
+    train_config = train_config or TrainConfig()
+    fixed = load_run(Path(source_run), train_config.device)[0] if source == "fixed" and source_run else None
     hook = build_training_hook(defense, train_attack, eps, norm=norm, steps=train_steps, source=source,
                                fixed_model=fixed, mean=noise_mean, sigma=noise_sigma)
     out = Path(out)
@@ -344,9 +344,9 @@ def defend(
                     resume=resume, overwrite=overwrite, init_from=init_from, extra_config={"defense": hook_spec},
                     **data)
     whitebox = attack(str(out), out / "eval", dataset=dataset, data_dir=data_dir, attacks=eval_attacks,
-                      eps=eval_eps, norm=norm, n=eval_n, seed=train_config.seed if train_config else 0,
+                      eps=eval_eps, norm=norm, n=eval_n, seed=train_config.seed,
                       attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False,
-                      device=train_config.device if train_config else "cpu")
+                      device=train_config.device)
     records = defense_records(whitebox, hook_spec, metrics)
     write_json(out / "defense.json", records)
     return records
@@ -355,20 +355,18 @@ def defend(
 def defense_report(runs: str | list[str], out: str | Path) -> list[dict[str, Any]]:
     """Combine defended runs' ``defense.json`` into ``OUT/defense.json``, ``defense.md``, the bar chart
     (thesis Fig. 4-5) and training curves (Fig. 4-6)."""
+    from medshield.evaluation.defense import unique_labels
     from medshield.report.defense import write_defense_report
 
-    from medshield.evaluation.defense import unique_labels
-
-    per_run, histories = [], {}
-    for run in _split_names(runs):
-        path = Path(run) / "defense.json"
-        if not path.is_file():
-            raise MedShieldError(f"{path} not found: train it with `medshield defend ... --out {run}`")
-        per_run.append((Path(run).name, read_json(path)))
-    records = []
-    for run, (_, run_records), label in zip(_split_names(runs), per_run, unique_labels(per_run)):
+    dirs = [Path(run) for run in _split_names(runs)]
+    for run in dirs:
+        if not (run / "defense.json").is_file():
+            raise MedShieldError(f"{run / 'defense.json'} not found: train it with `medshield defend ... --out {run}`")
+    per_run = [(run.name, read_json(run / "defense.json")) for run in dirs]
+    records, histories = [], {}
+    for run, (_, run_records), label in zip(dirs, per_run, unique_labels(per_run)):
         records += [{**rec, "label": label} for rec in run_records]
-        histories[label] = read_json(Path(run) / "metrics.json").get("history", [])
+        histories[label] = read_json(run / "metrics.json").get("history", [])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "defense.json", records)

@@ -106,10 +106,10 @@ def test_resolve_device() -> None:
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(CheckpointError, match="unknown device"):
+    with pytest.raises(MedShieldError, match="unknown device"):
         resolve_device("gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(CheckpointError, match="no CUDA GPU"):
+        with pytest.raises(MedShieldError, match="no CUDA GPU"):
             resolve_device("cuda")
 
 

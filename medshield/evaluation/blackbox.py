@@ -172,9 +172,8 @@ def defended_claims(oracle: LabelOracle, label_fn: LabelFn, repeats: int) -> dic
         rate = torch.zeros(oracle.n)
         if found.any() and repeats > 0:
             rows = torch.nonzero(found).squeeze(1)
-            pred = label_fn(adv[rows].repeat(repeats, 1, 1, 1)).long().cpu().reshape(repeats, -1)
-            wrong = pred == oracle.targets[rows] if oracle.targeted else pred != oracle.labels[rows]
-            rate[rows] = wrong.float().mean(0)
+            pred = label_fn(adv[rows].repeat(repeats, 1, 1, 1)).long().cpu()  # [repeats * M], row-major
+            rate[rows] = oracle.fools(rows.repeat(repeats), pred).reshape(repeats, -1).float().mean(0)
         claim_l2[str(budget)] = dist.tolist()  # the oracle's best distance is the claim's (inf where none)
         fool[str(budget)] = rate.tolist()
     return {"claim_l2": claim_l2, "defended_fool_rate": fool}

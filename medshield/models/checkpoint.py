@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from medshield.errors import CheckpointError
+from medshield.errors import CheckpointError, MedShieldError
 from medshield.models.bounded import BoundedModel
 from medshield.models.factory import ModelConfig, create_model
 
@@ -81,9 +81,9 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise CheckpointError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+        raise MedShieldError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} asked for but this PyTorch sees no CUDA GPU; use --device cpu")
+        raise MedShieldError(f"device {device!r} asked for but this PyTorch sees no CUDA GPU; use --device cpu")
     return dev
 
 

@@ -70,7 +70,7 @@ def verify(oracle: LabelOracle, adv: torch.Tensor, success: torch.Tensor,
             break
         cand = (x0[rows] + scale * (adv[rows] - x0[rows])).clamp(0, 1)
         pred = (label_fn or oracle.label_fn)(cand).long().cpu()
-        ok = pred == oracle.targets[rows] if oracle.targeted else pred != oracle.labels[rows]
+        ok = oracle.fools(rows, pred)
         adv[rows[ok]] = cand[ok]
         pushed += int(ok.sum()) if k else 0
         rows = rows[~ok]

@@ -135,6 +135,11 @@ class LabelOracle:
         """Best distance so far per image (inf where no adversarial has been found)."""
         return self.best_dist[:, -1]
 
+    def fools(self, idx: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """``bool [M]``: is label ``pred[j]`` adversarial for image ``idx[j]`` (differs from its label,
+        or equals its target)?"""
+        return pred == self.targets[idx] if self.targeted else pred != self.labels[idx]
+
     def query(self, idx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``bool [M]``: is ``x[j]`` adversarial for image ``idx[j]``? One batched label call."""
         idx = idx.long().reshape(-1)
@@ -150,7 +155,7 @@ class LabelOracle:
                 hook(sent_idx, sent_x)
             pred = torch.cat([self.label_fn(c) for c in sent_x.split(self.max_batch)]).long().cpu()
             self.batch_calls += 1
-            hit = pred == self.targets[sent_idx] if self.targeted else pred != self.labels[sent_idx]
+            hit = self.fools(sent_idx, pred)
             adv[ok] = hit
             self._record(sent_idx, sent_x, seq[ok], hit)
         self.queries += torch.bincount(idx[ok], minlength=self.n) * self.cost
