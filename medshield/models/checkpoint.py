@@ -96,6 +96,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has no 'model' section")
     fields = {k: v for k, v in config["model"].items() if k in ModelConfig.__dataclass_fields__}
+    fields.setdefault("stem", 1)  # runs written before the smallcnn stem existed had none
     cfg = ModelConfig(**fields)
     cfg.pretrained = None  # weights come from the checkpoint
     was_pretrained = config["model"].get("pretrained")

@@ -30,12 +30,13 @@ class ModelConfig:
     dropout: float = 0.5
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    stem: int | None = None  # smallcnn's stem stride; None: chosen from image_size (runs before it had none: 1)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-MODELS.register("smallcnn")(lambda c: nets.SmallCNN(c.in_channels, c.num_classes))
+MODELS.register("smallcnn")(lambda c: nets.SmallCNN(c.in_channels, c.num_classes, stem=c.stem or 1))
 MODELS.register("resnet18")(lambda c: nets.build_resnet(18, c.in_channels, c.num_classes, c.image_size))
 MODELS.register("resnet50")(lambda c: nets.build_resnet(50, c.in_channels, c.num_classes, c.image_size))
 MODELS.register("densenet121")(lambda c: nets.build_densenet121(c.in_channels, c.num_classes, c.image_size))
@@ -59,6 +60,8 @@ def create_model(config: ModelConfig | None = None, **overrides: object) -> Boun
         if value is not None:
             setattr(cfg, key, value)
     _validate(cfg)
+    if cfg.name == "smallcnn" and cfg.stem is None:
+        cfg.stem = nets.smallcnn_stem(cfg.image_size)
     build: Callable[[ModelConfig], nn.Module] = MODELS.get(cfg.name)
     net = build(cfg)
     if cfg.pretrained:

@@ -8,10 +8,20 @@ from monai.networks import nets
 SMALL_INPUT = 64  # below this, ResNet/DenseNet use a 3x3 stride-1 stem without max-pool (as MedMNIST)
 
 
-class SmallCNN(nn.Module):
-    """A fast CNN for CPU work: 3 conv blocks (32-64-128), global average pooling, dropout, linear head."""
+def smallcnn_stem(image_size: int) -> int:
+    """The stem stride that keeps SmallCNN cheap at every size: a power of two bringing the input
+    down to 32-63 px (28-63 px: 1, no stem; 64: 2; 128 and 224: 4)."""
+    stride = 1
+    while image_size // (stride * 2) >= 32:
+        stride *= 2
+    return stride
 
-    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.25) -> None:
+
+class SmallCNN(nn.Module):
+    """A fast CNN for CPU work: an optional stride-``stem`` convolution (so large inputs cost about
+    what 32-63 px inputs cost), 3 conv blocks (32-64-128), global average pooling, dropout, linear."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.25, stem: int = 1) -> None:
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -21,7 +31,14 @@ class SmallCNN(nn.Module):
                 nn.MaxPool2d(2),
             )
 
-        self.features = nn.Sequential(block(in_channels, 32), block(32, 64), block(64, 128))
+        if stem < 1 or stem & (stem - 1):
+            raise ValueError(f"the smallcnn stem stride must be a power of two, got {stem}")
+        layers: list[nn.Module] = []
+        if stem > 1:  # kernel 2s-1 covers every input pixel; one strided conv, BN, ReLU
+            layers += [nn.Conv2d(in_channels, 32, 2 * stem - 1, stride=stem, padding=stem - 1, bias=False),
+                       nn.BatchNorm2d(32), nn.ReLU()]
+        self.features = nn.Sequential(*layers, block(32 if stem > 1 else in_channels, 32), block(32, 64),
+                                      block(64, 128))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
                                   nn.Linear(128, num_classes))
 
