@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from medshield.errors import MedShieldError
+from medshield.errors import MedShieldError, removed_on_user_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MedShield: security testing of medical-image classifiers.")
@@ -25,14 +25,20 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are reprodu
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
 
 
+USER_ERRORS = (MedShieldError, ValueError, FileNotFoundError, PermissionError)
+OUTPUT_OPTIONS = ("out",)  # parameters naming a folder the command creates: removed again if it fails
+
+
 def user_errors(func: F) -> F:
     """Turn user errors into one line on stderr and exit code 2 (``MEDSHIELD_DEBUG=1`` shows tracebacks)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        outputs = [v for k, v in kwargs.items() if k in OUTPUT_OPTIONS and isinstance(v, Path)]
         try:
-            return func(*args, **kwargs)
-        except (MedShieldError, ValueError, FileNotFoundError, PermissionError) as exc:
+            with removed_on_user_error(outputs, USER_ERRORS):
+                return func(*args, **kwargs)
+        except USER_ERRORS as exc:
             if os.environ.get("MEDSHIELD_DEBUG"):
                 raise
             typer.echo(f"error: {exc}", err=True)
