@@ -62,6 +62,7 @@ class LineProgress:
         self.done = 0.0
         self.info = ""
         self.lines = 0
+        self.emitted_at: float | None = None  # ``done`` when the last line was written
 
     def __call__(self, advance: float = 1, **fields: Any) -> None:
         self.done += advance
@@ -87,7 +88,13 @@ class LineProgress:
     def emit(self) -> None:
         self.last = self.clock()
         self.lines += 1
+        self.emitted_at = self.done
         print(self.line(), file=self.stream, flush=True)
+
+    def finish(self) -> None:
+        """The final line, unless the last line already showed the same count."""
+        if self.emitted_at != self.done:
+            self.emit()
 
 
 @contextmanager
@@ -103,7 +110,7 @@ def progress_bar(description: str, total: float | None, enabled: bool | None = N
     if not sys.stderr.isatty():
         lines = LineProgress(description, total)
         yield lines
-        lines.emit()
+        lines.finish()
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))

@@ -62,3 +62,12 @@ def test_disabled_prints_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     with progress_bar("attack", total=4) as advance:
         advance(4)
     assert capsys.readouterr().err == ""
+
+
+def test_final_line_not_repeated() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    p = LineProgress("epoch", total=2, stream=out, interval=1, clock=clock)
+    clock.t = 2
+    p(2)  # rate-limited line at 2/2
+    p.finish()  # nothing new to say
+    assert len(out.getvalue().splitlines()) == 1
