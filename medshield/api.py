@@ -487,15 +487,19 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
-             batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu") -> dict[str, Any]:
+             batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu",
+             surrogate: str | Path | None = None) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
     ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
-    such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats."""
+    such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
+    ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model)."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
-    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size, adaptive_k=adaptive_k)
+    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size, adaptive_k=adaptive_k,
+                         surrogate_run=str(surrogate) if surrogate else None)
+    substitute = load_run(Path(surrogate), device)[0] if surrogate else None
     cfg.attacks = attacks or list(cfg.attacks)
     cfg.budgets = sorted(budgets or list(cfg.budgets))
     cfg.defenses = defenses or list(cfg.defenses)
@@ -504,12 +508,12 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         raise MedShieldError("--n-images and every --budgets value must be positive")
     out = Path(out)
     if target:
-        summary, ds = _remote_blackbox(target, api_key, dataset, data_dir, split, out, cfg)
+        summary, ds = _remote_blackbox(target, api_key, dataset, data_dir, split, out, cfg, substitute)
     else:
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
         model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
-        summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class)
+        summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class, surrogate=substitute)
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")
@@ -519,7 +523,7 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
 
 
 def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data_dir: str | Path | None,
-                     split: str, out: Path, cfg: Any) -> tuple[dict[str, Any], Dataset]:
+                     split: str, out: Path, cfg: Any, surrogate: Any = None) -> tuple[dict[str, Any], Dataset]:
     """Attack a live MedShield service: queries are packed into batch requests of ``cfg.batch_size``."""
     import os
 
@@ -535,7 +539,8 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
         info = remote.info()
         channels, size = info["input_shape"][0], info["input_shape"][-1]
         ds = load_dataset(dataset, data_dir, size=size, rgb=channels == 3)
-        summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target)
+        summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target,
+                               surrogate=surrogate)
         summary["remote"] = {"model": info, "queries_sent": remote.queries, "requests": remote.requests}
     return summary, ds
 

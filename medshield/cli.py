@@ -347,7 +347,8 @@ def blackbox(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per model call / HTTP request.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
     data_dir: DataDir = None,
-    attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, opt, sign_opt, boundary.")] = "hsja,gbba,opt",
+    attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, qeba, cgba, rays (linf), "
+                                        "surrogate (needs --surrogate), opt, sign_opt, boundary.")] = "hsja,gbba,opt",
     budgets: Annotated[str, typer.Option("--budgets", help="Comma list of query budgets per image.")] = "1000,5000,10000,15000,20000",
     n_images: Annotated[int, typer.Option("--n-images", help="Correctly classified test images (seeded choice).")] = 50,
     defense: Annotated[str, typer.Option("--defense", help="Comma list of inference-time defenses with optional "
@@ -355,6 +356,8 @@ def blackbox(
     adaptive: Annotated[int, typer.Option("--adaptive", help="Adaptive attacker: repeat each query K times, "
                                           "majority label (budgets count all K).")] = 1,
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
+    surrogate: Annotated[Path | None, typer.Option("--surrogate", help="The attacker's own run (substitute "
+                                                   "model) for the surrogate attack.")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
 ) -> None:
@@ -364,7 +367,7 @@ def blackbox(
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
                            seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
-                           adaptive_k=adaptive, device=device)
+                           adaptive_k=adaptive, device=device, surrogate=surrogate)
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

@@ -10,10 +10,12 @@ from torch import nn
 from medshield.attacks.decision import DECISION_ATTACKS, model_label_fn
 from medshield.attacks.decision.hsja import pcgrad_project
 from medshield.models import predict_labels
+from medshield.types import AttackResult, Norm
 from tests.conftest import tiny_model
 
 BUDGETS = [100, 250, 500]
-FAST = {"opt": {"n_directions": 10, "q": 5}, "sign_opt": {"n_directions": 10, "k": 30}}  # small, for CI time
+FAST = {"opt": {"n_directions": 10, "q": 5}, "sign_opt": {"n_directions": 10, "k": 30},  # small, for CI time
+        "surrogate": {"surrogate": tiny_model(seed=5)}}
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +35,26 @@ def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def test_contract(name: str, setup: tuple[nn.Module, torch.Tensor, torch.Tensor]) -> None:
     model, x, y = setup
     x_before = x.clone()
-    results = DECISION_ATTACKS.create(name, **FAST.get(name, {}))(model_label_fn(model), x, y, BUDGETS, seed=3)
+    attack = DECISION_ATTACKS.create(name, **FAST.get(name, {}))
+    results = attack(model_label_fn(model), x, y, BUDGETS, seed=3)
     assert torch.equal(x, x_before)
+
+    def dist(r: AttackResult) -> torch.Tensor:
+        return r.linf if attack.norm == Norm.LINF else r.l2
+
     previous = torch.full((x.shape[0],), float("inf"))
     for budget in BUDGETS:
         r = results[budget]
         assert r.adversarial.shape == x.shape and r.adversarial.dtype == torch.float32
         assert r.adversarial.min() >= 0 and r.adversarial.max() <= 1
         assert (r.queries <= budget).all()
-        assert (r.l2 <= previous + 1e-6).all(), "L2 must never increase with the budget"
-        previous = r.l2
+        assert (dist(r) <= previous + 1e-6).all(), "the distance must never increase with the budget"
+        previous = dist(r)
         with torch.no_grad():
             pred = predict_labels(model(r.adversarial))
         assert (pred[r.success] != y[r.success]).all(), "every reported adversarial is misclassified"
     assert results[BUDGETS[-1]].success.all()
-    assert results[BUDGETS[-1]].l2.median() < results[BUDGETS[0]].l2.median()
+    assert dist(results[BUDGETS[-1]]).median() < dist(results[BUDGETS[0]]).median()
     assert results[BUDGETS[-1]].extras["verify_fixed"] <= 1
     again = DECISION_ATTACKS.create(name, **FAST.get(name, {}))(model_label_fn(model), x, y, BUDGETS, seed=3)
     assert torch.equal(again[BUDGETS[-1]].adversarial, results[BUDGETS[-1]].adversarial)

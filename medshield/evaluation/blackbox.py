@@ -96,6 +96,7 @@ class BlackboxConfig:
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
     verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)
+    surrogate_run: str | None = None  # the attacker's substitute model for the ``surrogate`` attack (a run folder)
 
 
 def select_images(label_fn: LabelFn, part: ImageSet, n: int, seed: int) -> torch.Tensor:
@@ -119,8 +120,18 @@ def counting(label_fn: LabelFn) -> tuple[LabelFn, list[int]]:
     return counted, sent
 
 
+def attack_options(attack_name: str, surrogate: nn.Module | None) -> dict[str, Any]:
+    """Constructor arguments beyond ``norm``: the ``surrogate`` attack gets the attacker's substitute model."""
+    if attack_name.lower() != "surrogate":
+        return {}
+    if surrogate is None:
+        raise MedShieldError("the surrogate attack needs a substitute model: pass --surrogate RUN "
+                             "(a run trained by the attacker, e.g. another `medshield train` run)")
+    return {"surrogate": surrogate}
+
+
 def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
-            seed: int, desc: str, base_fn: LabelFn | None = None) -> dict[str, Any]:
+            seed: int, desc: str, base_fn: LabelFn | None = None, surrogate: nn.Module | None = None) -> dict[str, Any]:
     """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
     ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
     per-image queries; with ``cfg.adaptive_k = k`` every logical query is ``k`` model queries, all
@@ -131,7 +142,7 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
     adds the attacker's claims (``claim_l2``: the closest point the noisy target answered as adversarial,
     what the attacker would hand in) and ``defended_fool_rate`` (the share of ``cfg.verify_repeats``
     fresh defended answers that are wrong on the claim)."""
-    attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm)
+    attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm, **attack_options(attack_name, surrogate))
     counted, sent = counting(label_fn)
     oracle = LabelOracle(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, norm=attack.norm,
                          cost=cfg.adaptive_k)
@@ -156,6 +167,7 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
         "linf": {str(b): r.linf.tolist() for b, r in results.items()},
         **claims,
         "queries": oracle.queries.tolist(),
+        "norm": str(attack.norm),
         "seconds": time.perf_counter() - start,
         "first_adversarial": {str(b): r.adversarial[0].flatten().tolist() for b, r in results.items()},
     }
@@ -197,13 +209,17 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     images have one; the same images at every budget once found, so the curves are monotone);
     ``success_rate`` is the share that fool the undefended classifier, ``defended_success_rate`` the
     expected share of single queries to the defended model they fool, ``verified_*_l2`` the distances
-    over the images that fool the classifier. Without a defense all three rates coincide."""
+    over the images that fool the classifier. Without a defense all three rates coincide. ``norm`` is
+    the norm the attack minimised (``linf`` for RayS whatever ``cfg.norm``), ``mean_linf``/``median_linf``
+    the L-inf distances of the verified adversarials (what an L-inf attack such as RayS is judged by)."""
     params = dict(defense_params or {})
     clean = clean or {}
     records = []
     seconds = sum(j["seconds"] for j in jobs)
     for budget in cfg.budgets:
         verified = np.array([v for j in jobs for v in j["l2"][str(budget)]], dtype=float)
+        linf = np.array([v for j in jobs for v in j["linf"][str(budget)]], dtype=float)
+        linf = linf[np.isfinite(linf)]
         l2 = np.array([v for j in jobs for v in j.get("claim_l2", j["l2"])[str(budget)]], dtype=float)
         fooled = np.array([v for j in jobs for v in j["defended_fool_rate"][str(budget)]], dtype=float) \
             if all("defended_fool_rate" in j for j in jobs) else np.isfinite(verified).astype(float)
@@ -212,7 +228,7 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
         records.append({
             "attack": attack, "defense": defense, "defense_params": params,
             "defense_spec": defense_label(defense, params), "adaptive_k": int(cfg.adaptive_k),
-            "budget": int(budget), "n_images": int(l2.size), "norm": cfg.norm,
+            "budget": int(budget), "n_images": int(l2.size), "norm": jobs[0].get("norm", cfg.norm) if jobs else cfg.norm,
             "defended_clean_accuracy": clean.get("accuracy"), "defended_clean_auc": clean.get("auc"),
             "flip_rate": clean.get("flip_rate"),
             "mean_l2": float(good.mean()) if good.size else None,
@@ -224,6 +240,8 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
             "defended_success_rate": float(fooled.mean()) if l2.size else 0.0,
             "verified_mean_l2": float(real.mean()) if real.size else None,
             "verified_median_l2": float(np.median(real)) if real.size else None,
+            "mean_linf": float(linf.mean()) if linf.size else None,
+            "median_linf": float(np.median(linf)) if linf.size else None,
             "seconds": seconds,
             "l2_per_image": [float(v) if np.isfinite(v) else None for v in l2],
         })
@@ -239,7 +257,7 @@ def clean_job(model: nn.Module, part: ImageSet, name: str, params: dict[str, flo
 
 def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
                  label_fn: LabelFn | None = None, target: str = "local",
-                 positive_class: int | None = None) -> dict[str, Any]:
+                 positive_class: int | None = None, surrogate: nn.Module | None = None) -> dict[str, Any]:
     """Run every (defense, attack, shard) job not yet in ``OUT/jobs.json``; returns the summary dict
     (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes.
 
@@ -254,6 +272,7 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
         raise MedShieldError(f"--adaptive must be >= 1 (repeats per query), got {cfg.adaptive_k}")
     for name in cfg.attacks:
         DECISION_ATTACKS.get(name)
+        attack_options(name, surrogate)
     specs = [parse_defense(d) for d in cfg.defenses]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,11 +297,12 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
         for attack in cfg.attacks:
             jobs = []
             for k, rows in enumerate(torch.arange(x.shape[0]).split(cfg.shard_size)):
+                s_tag = f"|surrogate={cfg.surrogate_run}" if attack.lower() == "surrogate" else ""
                 key = f"{tag if label_fn is None else defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|" \
-                      f"seed{cfg.seed}{k_tag}{v_tag}|{','.join(map(str, indices[rows].tolist()))}"
+                      f"seed{cfg.seed}{k_tag}{v_tag}{s_tag}|{','.join(map(str, indices[rows].tolist()))}"
                 desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
-                                                                  cfg.seed + k, desc, base_fn)))
+                                                                  cfg.seed + k, desc, base_fn, surrogate)))
             records += summarise(attack, defense, jobs, cfg, params if label_fn is None else {}, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),
