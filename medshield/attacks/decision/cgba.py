@@ -39,7 +39,7 @@ class CGBA(QEBA):
         results[2000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, variant: str = "h", subspace: str = "dct", ratio: float = 4.0,
+    def __init__(self, norm: Norm | str = Norm.L2, variant: str = "h", subspace: str = "dct", ratio: float | None = None,
                  gamma: float = 1.0, init_evals: int = 30, max_evals: int = 10_000, max_halvings: int = 15,
                  max_rows: int = 32_768) -> None:
         if Norm.parse(norm) != Norm.L2:

@@ -19,22 +19,22 @@ from medshield.types import Norm
 class QEBA(HopSkipJump):
     """QEBA, L2 or L-inf, untargeted or targeted: HSJA (same step-size and binary searches, same
     arguments) with probes ``u = unit(P z)``, ``z`` Gaussian in the reduced space of side ``H / ratio``
-    and ``P`` the inverse DCT of the low-frequency block (``subspace="dct"``, QEBA-F) or bilinear
+    (default: ``max(14, H / 4)``, so 14x14 for 28 px and 56x56 for 224 px) and ``P`` the inverse DCT of the low-frequency block (``subspace="dct"``, QEBA-F) or bilinear
     upsampling (``"resize"``, QEBA-S). Images ``[N, C, H, W]`` in [0, 1].
 
     Example:
-        attack = QEBA(subspace="dct", ratio=4)
+        attack = QEBA(subspace="dct")
         results = attack(model_label_fn(model), images, labels, budgets=[1000, 2000], seed=0)
         results[2000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, subspace: str = "dct", ratio: float = 4.0, gamma: float = 1.0,
+    def __init__(self, norm: Norm | str = Norm.L2, subspace: str = "dct", ratio: float | None = None, gamma: float = 1.0,
                  init_evals: int = 100, max_evals: int = 10_000, max_step_halvings: int = 25,
                  max_rows: int = 32_768) -> None:
         super().__init__(norm, gamma, init_evals, max_evals, max_step_halvings, max_rows)
-        if subspace not in ("dct", "resize") or ratio < 1:
+        if subspace not in ("dct", "resize") or (ratio is not None and ratio < 1):
             raise ValueError(f"QEBA needs subspace 'dct' or 'resize' and ratio >= 1, got {subspace!r}, {ratio}")
-        self.subspace, self.ratio = subspace, float(ratio)
+        self.subspace, self.ratio = subspace, ratio
 
     def directions(self, oracle: LabelOracle, idx: torch.Tensor, x_adv: torch.Tensor, n_evals: int,
                    generator: torch.Generator) -> torch.Tensor:

@@ -25,20 +25,23 @@ def dct_matrix(n: int) -> torch.Tensor:
     return d.float()
 
 
-def low_size(size: int, ratio: float) -> int:
-    """Side of the reduced space for an image side ``size`` (at least 2)."""
+def low_size(size: int, ratio: float | None) -> int:
+    """Side of the reduced space for an image side ``size``: ``size / ratio``, or with ``ratio=None``
+    a quarter of the side but at least 14 (28x28 MedMNIST images keep 14x14; 224 px keeps 56)."""
+    if ratio is None:
+        return min(size, max(14, size // 4))
     return max(2, min(size, int(round(size / ratio))))
 
 
 def sample_directions(count: int, shape: tuple[int, ...], generator: torch.Generator, subspace: str = "dct",
-                      ratio: float = 4.0) -> torch.Tensor:
+                      ratio: float | None = None) -> torch.Tensor:
     """``count`` random unit-L2 directions of image ``shape`` ``(C, H, W)`` drawn from a Gaussian in the
-    reduced space (side ``H / ratio``) and mapped to image space: ``dct`` keeps the lowest-frequency
+    reduced space (side :func:`low_size`) and mapped to image space: ``dct`` keeps the lowest-frequency
     DCT coefficients, ``resize`` upsamples bilinearly, ``full`` samples every pixel (HSJA)."""
     if subspace not in SUBSPACES:
         raise ValueError(f"subspace must be one of {SUBSPACES}, got {subspace!r}")
     c, h, w = shape
-    if subspace == "full" or ratio <= 1:
+    if subspace == "full" or (ratio is not None and ratio <= 1):
         z = torch.randn((count, c, h, w), generator=generator)
     else:
         lh, lw = low_size(h, ratio), low_size(w, ratio)
@@ -50,9 +53,9 @@ def sample_directions(count: int, shape: tuple[int, ...], generator: torch.Gener
     return z / z.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
 
 
-def subspace_dim(shape: tuple[int, ...], subspace: str = "dct", ratio: float = 4.0) -> int:
-    """Dimension of the sampling space (what replaces ``d`` in HSJA's radius formulas)."""
+def subspace_dim(shape: tuple[int, ...], subspace: str = "dct", ratio: float | None = None) -> int:
+    """Dimension of the sampling space."""
     c, h, w = shape
-    if subspace == "full" or ratio <= 1:
+    if subspace == "full" or (ratio is not None and ratio <= 1):
         return c * h * w
     return c * low_size(h, ratio) * low_size(w, ratio)

@@ -93,7 +93,9 @@ class SurrogateHSJA(HopSkipJump):
             path.append(x)
         points = torch.stack(path, dim=1)  # [N, K, C, H, W]
         k = self.transfer_steps
-        adv = oracle.query(torch.arange(oracle.n).repeat_interleave(k), points.flatten(0, 1)).view(oracle.n, k)
+        todo = torch.nonzero(~oracle.query(torch.arange(oracle.n), x0)).squeeze(1)  # skip the misclassified
+        adv = torch.zeros(oracle.n, k, dtype=torch.bool)
+        adv[todo] = oracle.query(todo.repeat_interleave(k), points[todo].flatten(0, 1)).view(-1, k)
         first = torch.where(adv.any(dim=1), adv.float().argmax(dim=1), torch.full((oracle.n,), -1))
         starts = x0.clone()
         found = first >= 0
