@@ -5,6 +5,7 @@ efficacy against HSJA on tiny models, and the 128-px check that distances keep f
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -144,3 +145,24 @@ def test_128px_distances_keep_falling() -> None:
         assert all(res[b].success.all() for b in budgets)
         assert med[1] < med[0] and med[2] < med[1], (name, med)
         assert med[2] < 0.7 * med[0], (name, med)
+
+
+def test_cli_contract_records(demo_run, demo_run2, tmp_path) -> None:  # noqa: ANN001
+    """``medshield blackbox --attack hsja,cgba,qeba,rays`` (and the surrogate) write one record format."""
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+
+    out = tmp_path / "bb"
+    args = ["blackbox", "--run", str(demo_run), "--out", str(out), "--budgets", "40,80", "--n-images", "2"]
+    res = CliRunner().invoke(app, [*args, "--attack", "hsja,cgba,qeba,rays,surrogate", "--surrogate", str(demo_run2)])
+    assert res.exit_code == 0, res.output
+    records = json.loads((out / "blackbox.json").read_text())["records"]
+    assert {r["attack"] for r in records} == {"hsja", "cgba", "qeba", "rays", "surrogate"}
+    keys = {frozenset(r) for r in records}
+    assert len(keys) == 1  # the same fields for every attack
+    for r in records:
+        assert r["success_rate"] > 0 and r["median_l2"] > 0 and r["median_linf"] > 0
+        assert r["norm"] == ("linf" if r["attack"] == "rays" else "l2")
+    missing = CliRunner().invoke(app, [*args[:3], "--out", str(tmp_path / "x"), "--attack", "surrogate"])
+    assert missing.exit_code == 2 and "--surrogate" in missing.output

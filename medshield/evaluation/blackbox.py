@@ -218,7 +218,7 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     seconds = sum(j["seconds"] for j in jobs)
     for budget in cfg.budgets:
         verified = np.array([v for j in jobs for v in j["l2"][str(budget)]], dtype=float)
-        linf = np.array([v for j in jobs for v in j["linf"][str(budget)]], dtype=float)
+        linf = np.array([v for j in jobs for v in j.get("linf", {}).get(str(budget), [])], dtype=float)
         linf = linf[np.isfinite(linf)]
         l2 = np.array([v for j in jobs for v in j.get("claim_l2", j["l2"])[str(budget)]], dtype=float)
         fooled = np.array([v for j in jobs for v in j["defended_fool_rate"][str(budget)]], dtype=float) \
