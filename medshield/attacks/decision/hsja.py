@@ -19,9 +19,9 @@ from medshield.types import Norm
 MIN_THETA = {Norm.L2: 1e-5, Norm.LINF: 1e-6}
 """Floor of the relative binary-search tolerance ``theta``. The paper's ``gamma / d^1.5`` (L2) is 4.6e-5
 at 28x28 but 4.8e-7 at 128x128. HSJA derives both the boundary offset it leaves (``theta * dist``) and
-the probes' normal component (about the same) from it: at 128 px that moves a ResNet-18's logit
-margin by ~1e-6, within 1.5 orders of magnitude of float32 batch-order noise, and every binary search
-costs 22 instead of 17 queries. The floors leave 28x28 images (and the thesis figures) unchanged."""
+the probes' normal component (about the same) from it: at 128 px and dist 13 that moves a (randomly
+initialised) ResNet-18's logit margin by ~2e-6, only 27x its float32 batch-order noise, and every
+binary search costs 22 instead of 17 queries. The floors leave grey 28x28 images unchanged."""
 
 
 @DECISION_ATTACKS.register("hsja")
@@ -51,8 +51,7 @@ class HopSkipJump(DecisionAttack):
 
     def theta(self, dim: int) -> float:
         """Binary-search tolerance (relative), as the paper: gamma / d^(3/2) (L2), gamma / d^2 (L-inf),
-        but never below ``min_theta``: past it the boundary offsets and probe radii that HSJA derives
-        from ``theta`` fall below float32 resolution on large images (see :meth:`run`)."""
+        but never below ``min_theta`` (default :data:`MIN_THETA`, for large images)."""
         theta = self.gamma / (dim * math.sqrt(dim)) if self.norm == Norm.L2 else self.gamma / dim**2
         return max(theta, self.min_theta)
 
