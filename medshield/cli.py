@@ -23,6 +23,14 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root (def
 Dataset = Annotated[str, typer.Option("--dataset", help="demo, pneumoniamnist, breastmnist, chest_xray, ...")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are reproducible).")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+FailOn = Annotated[str | None, typer.Option("--fail-on", metavar="high|medium|low",
+                                            help="For CI: exit with status 3 when a finding at or above this "
+                                                 "severity exists (see docs/audit.md for the rules).")]
+
+
+def check_level(level: str | None) -> None:
+    if level is not None and level not in ("high", "medium", "low"):
+        raise MedShieldError(f"--fail-on must be high, medium or low, got {level!r}")
 
 
 USER_ERRORS = (MedShieldError, ValueError, FileNotFoundError, PermissionError)
@@ -124,7 +132,8 @@ def demo(
     if train_only:
         emit(res)
         return
-    emit({"report": str(out / "report" / "report.html"), "markdown": str(out / "report" / "report.md"),
+    emit({"report": str(out / "report" / "report.html"), "pdf": str(out / "report" / "report.pdf"),
+          "markdown": str(out / "report" / "report.md"),
           "clean": [{"run": r["run"], **headline(r)} for r in res["clean"]],
           "wall_seconds": round(time.perf_counter() - start, 1)})
 
@@ -142,11 +151,16 @@ def audit(
     address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray.")] = None,
     seed: Annotated[int | None, typer.Option(help="Campaign seed (overrides the config).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the default campaign YAML and exit.")] = False,
+    fail_on: FailOn = None,
 ) -> None:
     """One-command security audit: clean metrics, white-box, transfer, black-box with and without
-    RND/DND, detection (and training defenses if the config asks); writes OUT/report.html and report.md."""
+    RND/DND, detection (and training defenses if the config asks); writes OUT/report.html, report.pdf,
+    report.md, audit.json and findings.json.
+
+    Exit status: 0 done, 2 bad input, 3 with --fail-on LEVEL when a finding at or above LEVEL exists."""
     from medshield import api
 
+    check_level(fail_on)
     if print_config:
         from medshield.campaign.config import default_yaml
 
@@ -156,8 +170,52 @@ def audit(
         raise MedShieldError("give the model to audit: --run RUN (a folder written by medshield train)")
     res = api.audit([r.strip() for r in run.split(",") if r.strip()], out, dataset=dataset, data_dir=data_dir,
                     config=config, executor=executor, workers=workers, address=address, seed=seed)
-    emit({"report": str(out / "report.html"), "markdown": str(out / "report.md"), "records": str(out / "audit.json"),
+    found = json.loads((out / "findings.json").read_text())
+    emit({"report": str(out / "report.html"), "pdf": str(out / "report.pdf"), "markdown": str(out / "report.md"),
+          "records": str(out / "audit.json"), "overall": found["overall"],
           "clean": [{"run": r["run"], **headline(r)} for r in res["clean"]]})
+    if fail_on:
+        from medshield.report.severity import RANK
+
+        bad = [f for f in found["findings"] if RANK[f["severity"]] >= RANK[fail_on]]
+        if bad:
+            typer.echo(f"fail-on {fail_on}: {len(bad)} finding(s) at or above {fail_on}, worst: "
+                       f"{bad[0]['title']} on {bad[0]['model']} ({bad[0]['severity']})", err=True)
+            raise typer.Exit(3)
+
+
+@app.command()
+@user_errors
+def compare(
+    old: Annotated[Path, typer.Argument(help="The earlier audit: its audit.json or its folder.")],
+    new: Annotated[Path, typer.Argument(help="The later audit (e.g. model v2): audit.json or folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for compare.json and compare.md.")] = Path("compare"),
+    pair: Annotated[list[str] | None, typer.Option("--pair", help="OLD_RUN=NEW_RUN model pairing (default: same "
+                                                   "names, then the remaining models in order).")] = None,
+    fail_on: FailOn = None,
+) -> None:
+    """What got better or worse between two audits; writes OUT/compare.json and OUT/compare.md.
+
+    Exit status: 0 done, 2 bad input, 3 with --fail-on LEVEL when a threat's severity rose to LEVEL or
+    above (or a newly tested threat is at LEVEL or above)."""
+    from medshield.report.compare import regressions, write_compare
+
+    check_level(fail_on)
+    pairs = {}
+    for item in pair or []:
+        a, sep, b = item.partition("=")
+        if not sep or not a.strip() or not b.strip():
+            raise MedShieldError(f"bad --pair {item!r}: expected OLD_RUN=NEW_RUN")
+        pairs[a.strip()] = b.strip()
+    cmp = write_compare(old, new, out, pairs)
+    emit({"compare": str(out / "compare.md"), "records": str(out / "compare.json"), "overall": cmp["overall"],
+          "counts": cmp["counts"]})
+    if fail_on:
+        bad = regressions(cmp, fail_on)
+        if bad:
+            typer.echo(f"fail-on {fail_on}: {len(bad)} threat(s) got worse to {fail_on} or above, e.g. "
+                       f"{bad[0]['title']} ({bad[0]['key']})", err=True)
+            raise typer.Exit(3)
 
 
 @app.command()

@@ -6,15 +6,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.campaign.runner import run_campaign
 
 
 def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
-          config: str | Path | CampaignConfig | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run (or resume) the campaign on ``runs`` and write ``OUT/report.html``, ``report.md``, the PNG
-    figures, ``audit.json`` (all results) and ``timings.json``; returns the results."""
-    from medshield.report.audit import make_figures, write_report
+          config: str | Path | CampaignConfig | None = None, command: str | None = None,
+          **overrides: Any) -> dict[str, Any]:
+    """Run (or resume) the campaign on ``runs`` and write ``OUT/report.html``, ``report.md``, ``report.pdf``,
+    the PNG figures, ``audit.json`` (all results), ``findings.json``, ``campaign.yaml`` (the effective
+    configuration) and ``timings.json``; returns the results. ``command`` is the command line that
+    reproduces the audit (shown in the report's annex; by default a ``medshield audit`` line)."""
+    from medshield.report.audit import make_figures, versions, write_report
 
     cfg = config if isinstance(config, CampaignConfig) else load_config(config, **overrides)
     if isinstance(config, CampaignConfig) and overrides:
@@ -25,7 +30,13 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     figures = make_figures(res, out, runs, dataset, data, cfg.seed)
     names = ", ".join(Path(r).name for r in runs)
     dataset_name = res["clean"][0]["dataset"] if res["clean"] else (dataset or "")
-    write_report(res, out, figures, cfg.title, meta=f"models: {names} · data: {dataset_name} ({cfg.split} split) · seed {cfg.seed}")
+    (out / "campaign.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
+    if command is None:
+        command = " ".join(["medshield audit --run", ",".join(runs), *(["--dataset", dataset] if dataset else []),
+                            *(["--data-dir", data] if data else []), "--config", str(out / "campaign.yaml"),
+                            "--out", str(out)])
+    write_report(res, out, figures, cfg.title, meta=f"models: {names} · data: {dataset_name} ({cfg.split} split) · seed {cfg.seed}",
+                 provenance={"command": command, "versions": versions()})
     return res
 
 
@@ -63,4 +74,5 @@ def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, workers:
     if train_only:
         return {"runs": runs}
     cfg = demo_config(workers).model_copy(update={"seed": seed})
-    return audit(runs, out / "report", dataset="demo", config=cfg)
+    return audit(runs, out / "report", dataset="demo", config=cfg,
+                 command=f"medshield demo --out {out} --epochs {epochs} --seed {seed}")

@@ -19,6 +19,7 @@ from medshield.errors import MedShieldError
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
 from medshield.models.checkpoint import write_json
+from medshield.report.schema import SCHEMA_VERSION
 
 JOBS = "medshield.campaign.jobs"
 
@@ -166,7 +167,7 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
     """Group job outputs into result sections; wall-clock fields are split off into timings."""
     from medshield.evaluation.blackbox import BlackboxConfig, parse_defense, summarise
 
-    res: dict[str, Any] = {"config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
+    res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
                            "defenses": [], "strips": {}}
     timings: dict[str, Any] = {}

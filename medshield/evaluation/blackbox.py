@@ -244,6 +244,7 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
             "median_linf": float(np.median(linf)) if linf.size else None,
             "seconds": seconds,
             "l2_per_image": [float(v) if np.isfinite(v) else None for v in l2],
+            "verified_l2_per_image": [float(v) if np.isfinite(v) else None for v in verified],
         })
     return records
 

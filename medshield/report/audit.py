@@ -1,21 +1,23 @@
-"""The audit report: plain-language verdicts per threat, tables and figures, rendered from
-``audit.json`` into ``report.html`` (self-contained) and ``report.md``.
+"""The audit report, rendered from ``audit.json`` into ``report.html`` (self-contained), ``report.md``,
+``report.pdf`` and ``findings.json``.
 
-Verdict severity: *high* when a realistic attacker succeeds on most images (white-box: >= 50% of
-correctly classified images flipped at <= 2/255 per pixel; black-box: >= 90% success with an RMS
-change per pixel <= 8/255 at the largest budget), *medium* when it takes larger changes, *low* otherwise.
+Order: the executive summary (``id="summary"``: one rated row per threat and model, the overall
+rating, what was not tested), the findings per model (evidence, clinical direction, remedy, images),
+the detailed results, the regulatory evidence annex, and the method. Severities come from
+:mod:`medshield.report.severity` (rules in ``docs/audit.md``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from medshield.report.document import Figure, Paragraph, Section, Table, Verdict, render_html, render_markdown
+from medshield.report.document import (Badge, Bullets, Figure, Link, Paragraph, Section, Table, Verdict, render_html,
+                                       render_markdown)
+from medshield.report.naming import config_rows, defense_name, defense_names, eps_value
+from medshield.report.severity import (LEVELS, RANK, THREATS, WORD, Finding, findings, overall)
 
 
 def pct(v: float | None) -> str:
@@ -23,225 +25,334 @@ def pct(v: float | None) -> str:
 
 
 def _label(eps: float) -> str:
-    from medshield.evaluation.whitebox import eps_label
+    return eps_value(eps)
 
-    return eps_label(eps)
+
+def _config(res: Mapping[str, Any], section: str) -> dict[str, Any]:
+    return dict((res.get("config") or {}).get(section) or {})
+
+
+def _sample(n: Any, total: Any = None, what: str = "test images") -> str:
+    """'n = 200 of 624 test images (seeded subsample)' or 'n = 624 test images (the whole split)'."""
+    if n is None:
+        return ""
+    if total and int(total) > int(n):
+        return f"n = {int(n):,} of {int(total):,} {what} (seeded subsample)"
+    return f"n = {int(n):,} {what}" + (" (the whole split)" if total else "")
+
+
+def _split_size(res: Mapping[str, Any], run: str) -> int | None:
+    return next((r.get("n") for r in res.get("clean") or [] if r.get("run") == run), None)
+
+
+# --- details -----------------------------------------------------------------------------------------
 
 
 def clean_section(res: dict[str, Any]) -> Section:
-    rows = [[r["run"], r["model"], r["dataset"], r["n"], pct(r["accuracy"]), pct(r.get("sensitivity")),
+    rows = [[r["run"], r.get("model", "–"), r.get("dataset", "–"), r["n"], pct(r["accuracy"]), pct(r.get("sensitivity")),
              pct(r.get("specificity")), r.get("auc"),
              "–" if "ci" not in r else f"{pct(r['ci']['accuracy'][0])}–{pct(r['ci']['accuracy'][1])}"]
-            for r in res["clean"]]
-    blocks: list[Any] = [Table(["run", "model", "dataset", "test images", "accuracy", "sensitivity", "specificity",
-                                "AUC", "accuracy 95% CI"], rows, "Clean performance (bootstrap 95% CI)")]
-    for r in res["clean"]:
-        blocks.append(Verdict(f"{r['run']} diagnoses {pct(r['accuracy'])} of {r['n']} test images correctly "
-                              f"(sensitivity {pct(r.get('sensitivity'))}, specificity {pct(r.get('specificity'))}).", "low"))
-    return Section("System under test", blocks)
-
-
-def _classes(res: dict[str, Any], run: str) -> tuple[list[str], int | None]:
-    rec = next((r for r in res["clean"] if r["run"] == run), None)
-    return (rec["classes"], rec["positive_class"]) if rec else (["class 0", "class 1"], None)
-
-
-def whitebox_verdict(recs: list[dict[str, Any]], classes: list[str], positive: int | None) -> Verdict:
-    """The smallest eps at which the strongest attack flips most images, in clinical words."""
-    by_eps: dict[float, dict[str, Any]] = {}
-    for r in recs:
-        best = by_eps.get(r["eps"])
-        if best is None or r["success_rate"] > best["success_rate"]:
-            by_eps[r["eps"]] = r
-    eps_sorted = sorted(by_eps)
-    pick = next((by_eps[e] for e in eps_sorted if by_eps[e]["success_rate"] >= 0.5), by_eps[eps_sorted[-1]])
-    eps, run = pick["eps"], pick["run"]
-    sev = "high" if pick["success_rate"] >= 0.5 and eps <= 2 / 255 + 1e-9 else \
-        "medium" if pick["success_rate"] >= 0.5 or pick["success_rate"] >= 0.1 else "low"
-    d = pick.get("directions") or {}
-    if positive is not None and d:
-        dis, nor = classes[positive], classes[1 - positive]
-        parts = []
-        for key, src, dst in (("disease_to_normal", dis, nor), ("normal_to_disease", nor, dis)):
-            fr = d.get(key, {}).get("flip_rate")
-            if fr is not None:
-                parts.append(f"{pct(fr)} of '{src}' images into '{dst}'")
-        what = " and ".join(parts)
-    else:
-        what = f"{pct(pick['success_rate'])} of correctly classified images into a wrong class"
-    return Verdict(f"{run}: a change of at most {_label(eps)} per pixel ({pick['attack'].upper()}, white-box) turns "
-                   f"{what}; robust accuracy {pct(pick['robust_accuracy'])} vs {pct(pick['clean_accuracy'])} clean.", sev)
+            for r in res.get("clean") or []]
+    return Section("System under test: clean performance", [
+        Table(["run", "model", "dataset", "test images", "accuracy", "sensitivity", "specificity", "AUC",
+               "accuracy 95% CI"], rows, "Clean performance on the whole split (bootstrap 95% CI)")], anchor="clean",
+                   new_page=True)
 
 
 def whitebox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section:
     recs = res["whitebox"]
-    blocks: list[Any] = []
-    for run in dict.fromkeys(r["run"] for r in recs):
-        classes, positive = _classes(res, run)
-        blocks.append(whitebox_verdict([r for r in recs if r["run"] == run], classes, positive))
     eps_list = sorted({r["eps"] for r in recs})
-    rows = {}
+    rows: dict[tuple[str, str], dict[float, Any]] = {}
+    sizes: dict[str, Any] = {}
     for r in recs:
         rows.setdefault((r["run"], r["attack"]), {})[r["eps"]] = r["robust_accuracy"]
-    blocks.append(Table(["run", "attack", *[_label(e) for e in eps_list]],
-                        [[run, atk.upper(), *[pct(v.get(e)) for e in eps_list]] for (run, atk), v in rows.items()],
-                        "Robust accuracy under white-box attack (L∞ budget per pixel)"))
+        sizes[r["run"]] = r.get("n")
+    sample = "; ".join(f"{run}: {_sample(n, _split_size(res, run))}" for run, n in sizes.items())
+    blocks: list[Any] = [Table(["run", "attack", *[_label(e) for e in eps_list]],
+                               [[run, atk.upper(), *[pct(v.get(e)) for e in eps_list]] for (run, atk), v in rows.items()],
+                               f"Robust accuracy under white-box attack (L∞ budget per pixel); {sample}")]
     dir_rows = [[r["run"], r["attack"].upper(), _label(r["eps"]),
-                 pct(r["directions"].get("disease_to_normal", {}).get("flip_rate")),
-                 pct(r["directions"].get("normal_to_disease", {}).get("flip_rate"))]
+                 _dir_cell(r["directions"].get("disease_to_normal")), _dir_cell(r["directions"].get("normal_to_disease"))]
                 for r in recs if r.get("directions") and abs(r["eps"] - 2 / 255) < 1e-9]
     if dir_rows:
         blocks.append(Table(["run", "attack", "eps", "disease→normal (missed diagnosis)", "normal→disease (false alarm)"],
-                            dir_rows, "Clinical direction at 2/255: flip rate among correctly classified images"))
-    for key, cap in (("robust_vs_eps", "Robust accuracy vs perturbation budget (dashed: clean accuracy)"),
-                     ("grid", "Original, adversarial and amplified perturbation, with predicted labels and confidences")):
-        if key in figures:
-            blocks.append(Figure(figures[key], cap))
-    return Section("White-box attacks (the attacker knows the model)", blocks)
+                            dir_rows, "Clinical direction at 2/255: flip rate among correctly classified images "
+                                      "(flipped / correctly classified of that class)"))
+    if "robust_vs_eps" in figures:
+        blocks.append(Figure(figures["robust_vs_eps"], f"Robust accuracy vs perturbation budget, one panel per model "
+                                                        f"(dashed: clean accuracy); {sample}"))
+    return Section("White-box attacks (the attacker knows the model)", blocks, anchor="whitebox")
+
+
+def _dir_cell(d: Mapping[str, Any] | None) -> str:
+    if not d or d.get("flip_rate") is None:
+        return "–"
+    return f"{pct(d['flip_rate'])} ({d.get('flipped', '?')}/{d.get('clean_correct', '?')})"
 
 
 def transfer_section(res: dict[str, Any], figures: dict[str, Path]) -> Section | None:
-    recs = [r for r in res["transfer"] if not r["white_box"]]
-    if not recs:
+    recs = res.get("transfer") or []
+    if not [r for r in recs if not r.get("white_box")]:
         return None
-    worst = max(recs, key=lambda r: r["success_rate"])
-    sev = "high" if worst["success_rate"] >= 0.5 else "medium" if worst["success_rate"] >= 0.1 else "low"
-    blocks: list[Any] = [Verdict(
-        f"Adversarial images made on {worst['source']} ({worst['attack'].upper()}, {worst['eps_label']}) also fool "
-        f"{worst['target']} on {pct(worst['success_rate'])} of the images it classified correctly: an attacker "
-        f"without access to {worst['target']} can use a substitute model.", sev)]
-    blocks.append(Table(["source", "target", "target clean acc", "target acc on source's adversarials", "flipped"],
-                        [[r["source"], r["target"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
-                          pct(r["success_rate"])] for r in res["transfer"]], "Transferability"))
+    n = recs[0].get("n")
+    sample = _sample(n, _split_size(res, recs[0]["target"]))
+    blocks: list[Any] = [Table(["source", "target", "target clean acc", "target acc on source's adversarials",
+                                "flipped (of correctly classified)"],
+                               [[r["source"], r["target"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
+                                 pct(r["success_rate"])] for r in recs],
+                               f"Transferability ({str(recs[0].get('attack', '')).upper()} at "
+                               f"{recs[0].get('eps_label') or _label(recs[0].get('eps', 0))}); {sample}")]
     if "transfer" in figures:
-        blocks.append(Figure(figures["transfer"], "Target accuracy on each source's adversarial images"))
-    return Section("Transfer attacks (the attacker uses a substitute model)", blocks)
+        blocks.append(Figure(figures["transfer"], f"Target accuracy on each source's adversarial images; {sample}"))
+    return Section("Transfer attacks (the attacker uses a substitute model)", blocks, anchor="transfer")
 
 
-def _rms255(l2: float | None, dim: int) -> float | None:
-    return None if l2 is None else 255 * l2 / math.sqrt(dim)
-
-
-def blackbox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section | None:
-    recs = res["blackbox"]
+def blackbox_section(res: dict[str, Any], figures: dict[str, Path], names: Mapping[str, str]) -> Section | None:
+    recs = res.get("blackbox") or []
     if not recs:
         return None
-    dim = int(math.prod(next(iter(res["strips"].values()))["image_shape"])) if res["strips"] else 1
-    top = max(r["budget"] for r in recs)
-    blocks: list[Any] = []
-    final = [r for r in recs if r["budget"] == top]
-    undefended = [r for r in final if r["defense"] == "none"]
-    if undefended:
-        best = min(undefended, key=lambda r: (-r["success_rate"], r["median_l2"] or math.inf))
-        rms = _rms255(best["median_l2"], dim)
-        sev = "high" if best["success_rate"] >= 0.9 and rms is not None and rms <= 8 else "medium"
-        if rms is None:  # no image's attack succeeded within the budget
-            blocks.append(Verdict(f"{best['run']}: no label-only attack found a misdiagnosis within {top:,} queries.", "low"))
-        else:
-            blocks.append(Verdict(
-                f"{best['run']}: seeing only the predicted label, {best['attack'].upper()} finds a misdiagnosis for "
-                f"{pct(best['success_rate'])} of images within {top:,} queries each, with median L2 "
-                f"{best['median_l2']:.3g} (RMS change {rms:.2g}/255 per pixel).", sev))
-    for r in final:
-        if r["defense"] == "none":
-            continue
-        base = next((u for u in undefended if u["run"] == r["run"] and u["attack"] == r["attack"]), None)
-        if base and base["median_l2"] and r["median_l2"]:
-            ratio = r["median_l2"] / base["median_l2"]
-            drop = None
-            if r.get("defended_clean_accuracy") is not None:
-                clean = next((c["accuracy"] for c in res["defended_clean"] if c["run"] == r["run"] and c["defense"] == "none"), None)
-                drop = None if clean is None else clean - r["defended_clean_accuracy"]
-            cost = "" if drop is None else f" at a cost of {100 * drop:.1f} points of clean accuracy ({pct(r.get('flip_rate'))} of clean diagnoses flip)"
-            real = "" if r.get("defended_success_rate") is None else \
-                f" Of the adversarials the attacker ends with, {pct(r['success_rate'])} fool the classifier itself and a " \
-                f"single query to the defended model is fooled {pct(r['defended_success_rate'])} of the time."
-            blocks.append(Verdict(
-                f"{r['run']}: {r.get('defense_spec', r['defense']).upper()} multiplies {r['attack'].upper()}'s median L2 at {top:,} queries by {ratio:.1f} "
-                f"({base['median_l2']:.3g} → {r['median_l2']:.3g}){cost}.{real}", "low" if ratio >= 3 else "medium"))
     budgets = sorted({r["budget"] for r in recs})
-    by = {(r["run"], r["attack"], r["defense_spec"], r["budget"]): r for r in recs}
+    by = {(r["run"], r["attack"], r.get("defense_spec", r["defense"]), r["budget"]): r for r in recs}
     rows = []
-    for run, attack, spec in dict.fromkeys((r["run"], r["attack"], r["defense_spec"]) for r in recs):
-        cells = [by[(run, attack, spec, b)] for b in budgets]
-        rows.append([run, attack.upper(), spec, pct(cells[-1].get("defended_clean_accuracy")),
-                     *[f"{c['mean_l2']:.3g} / {c['median_l2']:.3g}" if c["median_l2"] is not None else "–" for c in cells],
-                     pct(cells[-1]["success_rate"]), pct(cells[-1].get("defended_success_rate", cells[-1]["success_rate"]))])
-    blocks.append(Table(["run", "attack", "defense", "defended clean acc", *[f"{b:,} q mean / median L2" for b in budgets],
-                         "fools the model", "fools the defended model (one query)"], rows,
-                        "Label-only attacks: L2 distance of the adversarial the attacker ends with at each query budget"))
-    for key, cap in (("l2_vs_queries", "L2 vs queries (solid mean, dashed median)"),
-                     ("strips", "One image's adversarial at each budget")):
+    for run, attack, spec in dict.fromkeys((r["run"], r["attack"], r.get("defense_spec", r["defense"])) for r in recs):
+        cells = [by.get((run, attack, spec, b)) for b in budgets]
+        last = next(c for c in reversed(cells) if c)
+        rows.append([run, attack.upper(), names.get(spec, defense_name(spec)), pct(last.get("defended_clean_accuracy")),
+                     *[f"{c['mean_l2']:.3g} / {c['median_l2']:.3g}" if c and c.get("median_l2") is not None else "–"
+                       for c in cells],
+                     pct(last.get("success_rate")), pct(last.get("defended_success_rate", last.get("success_rate")))])
+    n = recs[0].get("n_images")
+    sample = _sample(n, None, "correctly classified test images per attack")
+    blocks: list[Any] = [Table(["run", "attack", "defense", "defended clean acc",
+                                *[f"{b:,} q mean / median L2" for b in budgets], "fools the model",
+                                "fools the defended model (one query)"], rows,
+                               f"Label-only attacks: L2 distance of the adversarial the attacker ends with at each query "
+                               f"budget; {sample}")]
+    for key, cap in (("l2_vs_queries", f"Median L2 vs queries, one panel per model; colour = attack, line style = "
+                                       f"defense (solid: none); {sample}"),
+                     ("strips", "One image's adversarial at each budget (first model)")):
         if key in figures:
             blocks.append(Figure(figures[key], cap))
-    return Section("Black-box attacks (the attacker sees only the label)", blocks)
+    return Section("Black-box attacks (the attacker sees only the label)", blocks, anchor="blackbox")
 
 
 def detection_section(res: dict[str, Any]) -> Section | None:
-    if not res["detection"]:
+    if not res.get("detection"):
         return None
     blocks: list[Any] = []
     for rec in res["detection"]:
         within = rec["config"]["within"]
-        attacks = [r for r in rec["records"] if r["kind"].startswith("attack:")]
-        benign = [r for r in rec["records"] if r["kind"].startswith("benign:")]
-        for a in attacks:
-            share = a[f"flagged_within_{within}"]
-            blocks.append(Verdict(f"{rec['run']}: the stateful detector flags {pct(share)} of {a['stream'].upper()} "
-                                  f"query streams within {within:,} queries (median: after {a['flagged_at_median']} "
-                                  f"queries).", "low" if share >= 0.99 else "medium"))
-        fp = max((b["flagged_fraction"] for b in benign), default=0.0)
-        blocks.append(Verdict(f"{rec['run']}: {pct(fp)} of benign client streams (test images, plain, noisy and "
-                              f"shifted) are falsely flagged.", "low" if fp <= 0.01 else "medium"))
-        blocks.append(Table(["stream", "streams", "flagged", f"within {within:,}", "median flagged at"],
-                            [[r["kind"], r["n_streams"], pct(r["flagged_fraction"]), pct(r[f"flagged_within_{within}"]),
-                              r["flagged_at_median"]] for r in rec["records"]], f"{rec['run']}: stream detection"))
-    return Section("Detection of attack query streams", blocks)
+        blocks.append(Table(["stream", "streams", "flagged", f"within {within:,} queries", "median flagged at"],
+                            [[r["kind"], r["n_streams"], pct(r["flagged_fraction"]), pct(r.get(f"flagged_within_{within}")),
+                              r.get("flagged_at_median")] for r in rec["records"]],
+                            f"{rec['run']}: stream detection (attack streams: one per attacked image, "
+                            f"{rec['config'].get('n_images', '?')} images, {rec['config'].get('budget', 0):,} queries each)"))
+    return Section("Detection of attack query streams", blocks, anchor="detection")
 
 
-def defenses_section(res: dict[str, Any], figures: dict[str, Path]) -> Section | None:
-    recs = res["defenses"]
+def defenses_section(res: dict[str, Any], figures: dict[str, Path], names: Mapping[str, str]) -> Section | None:
+    recs = res.get("defenses") or []
     if not recs:
         return None
-    rows = [[r["base_run"], r["defense"], r.get("train_attack") or "–", r["eval_attack"], pct(r["clean_accuracy"]),
+    rows = [[r["base_run"], names.get(r["defense"], r["defense"]), r.get("train_attack") or "–",
+             str(r["eval_attack"]).upper(), r.get("eps_label") or _label(r["eps"]), pct(r["clean_accuracy"]),
              pct(r["robust_accuracy"])] for r in recs]
-    blocks: list[Any] = [Table(["model", "defense", "trained on", "evaluated with", "clean acc", "robust acc"], rows,
-                               "Training-time defenses")]
-    for d in dict.fromkeys(r["defense"] for r in recs):
-        sub = [r for r in recs if r["defense"] == d]
-        worst = min(sub, key=lambda r: r["robust_accuracy"])
-        blocks.append(Verdict(f"{d.upper()}: clean accuracy {pct(worst['clean_accuracy'])}; its weakest point is "
-                              f"{worst['eval_attack'].upper()} at {pct(worst['robust_accuracy'])} robust accuracy.",
-                              "low" if worst["robust_accuracy"] >= 0.6 else "medium"))
+    n = recs[0].get("n") or _config(res, "defenses").get("eval_n")
+    blocks: list[Any] = [Table(["model", "defense", "trained on", "evaluated with", "eps", "clean acc", "robust acc"], rows,
+                               "Training-time defenses" + (f"; {_sample(n, None)}" if n else ""))]
     if "defense_bars" in figures:
         blocks.append(Figure(figures["defense_bars"], "Accuracy per defense and attack"))
-    return Section("Hardening: training-time defenses", blocks)
+    return Section("Hardening: training-time defenses", blocks, anchor="defenses")
+
+
+# --- summary, findings, annex ------------------------------------------------------------------------
+
+
+def _sorted(found: Sequence[Finding]) -> list[Finding]:
+    order = list(THREATS)
+    return sorted(found, key=lambda f: (-RANK[f.severity], order.index(f.threat) if f.threat in order else 99))
+
+
+def _where(f: Finding) -> Link:
+    return Link({"clean": "clean performance", "whitebox": "white-box", "transfer": "transfer", "blackbox": "black-box",
+                 "defenses": "defenses", "detection": "detection"}.get(f.anchor, f.anchor), f"#{f.anchor}")
+
+
+def not_tested(res: Mapping[str, Any]) -> list[str]:
+    """What this audit did not test: threats outside MedShield's scope, disabled sections, limits."""
+    cfg = res.get("config") or {}
+    out = ["Data or model poisoning and backdoors (the training data and pipeline were not examined).",
+           "Model inversion, model stealing and leakage of training data (confidentiality attacks).",
+           "Physical-world perturbations (printing, re-scanning), distribution shift and performance drift on "
+           "other sites or scanners, and bias across patient subgroups.",
+           "Score-based black-box attacks (the audited interface returns labels only)."]
+    labels = {"whitebox": "White-box evasion", "transfer": "Transfer from a substitute model",
+              "blackbox": "Label-only attacks through the API", "detection": "Query-stream detection",
+              "defenses": "Training-time defenses (adversarial training, ANT)"}
+    for key, label in labels.items():
+        if key in cfg and not (cfg.get(key) or {}).get("enabled", True):
+            out.append(f"{label}: disabled in this campaign's configuration.")
+    if cfg.get("transfer", {}).get("enabled", True) and not [r for r in res.get("transfer") or [] if not r.get("white_box")]:
+        out.append("Transfer from a substitute model: needs two or more models.")
+    wb = cfg.get("whitebox") or {}
+    if wb.get("enabled", True) and wb.get("attacks"):
+        out.append(f"White-box attacks other than {', '.join(a.upper() for a in wb['attacks'])}, budgets above "
+                   f"{wb.get('eps', ['?'])[-1]} and norms other than {str(wb.get('norm', 'linf')).replace('linf', 'L∞')}.")
+    bb = cfg.get("blackbox") or {}
+    if bb.get("enabled", True) and res.get("blackbox"):
+        out.append(f"Label-only attackers with more than {max(bb.get('budgets') or [0]):,} queries per image.")
+        if any(r.get("defense") != "none" for r in res["blackbox"]) and \
+                max(int(r.get("adaptive_k") or 1) for r in res["blackbox"]) == 1:
+            out.append("An adaptive attacker (repeated queries, majority vote / EOT) against the noise defenses, and "
+                       "white-box attacks through them: their results may overstate the protection.")
+    return out
+
+
+def summary_section(res: Mapping[str, Any], found: Sequence[Finding], names: Mapping[str, str]) -> Section:
+    rating = overall(found)
+    counts = {lvl: sum(f.severity == lvl for f in found) for lvl in reversed(LEVELS)}
+    worst = _sorted(found)[0] if found else None
+    head = (f"Overall rating: {WORD[rating]}. " + ", ".join(f"{c} {WORD[lvl].lower()}" for lvl, c in counts.items() if c)
+            + f" across {len(found)} rated threats.")
+    if worst is not None and worst.severity != "none":
+        head += f" Worst: {THREATS.get(worst.threat, worst.threat).lower()} on {worst.model}."
+    rows = [[THREATS.get(f.threat, f.threat) + (f" — {f.defense}" if f.defense else ""), f.model, Badge(f.severity),
+             f.evidence, _where(f)] for f in _sorted(found)]
+    return Section("Executive summary", [
+        Verdict(head, rating),
+        Table(["threat", "model", "severity", "evidence", "details"], rows,
+              "Threats ranked by severity (rules: docs/audit.md; PASS = tested, no weakness found)", wide=True),
+        Paragraph("Severity levels are computed from the records by fixed rules, e.g. white-box evasion is HIGH when "
+                  "the strongest attack flips at least half of the correctly classified diagnoses at a change of at "
+                  "most 2/255 per pixel, and label-only attacks are HIGH when at least half are fooled within 1,000 "
+                  "queries with an RMS change of at most 8/255 per pixel. Percentages in brackets are Wilson 95% "
+                  "confidence intervals; n is the number of images each figure rests on."),
+        Paragraph("What this audit did not test:"),
+        Bullets(not_tested(res)),
+    ], anchor="summary")
+
+
+def findings_sections(res: Mapping[str, Any], found: Sequence[Finding], figures: Mapping[str, Path]) -> list[Section]:
+    out = [Section("Findings by model", [Paragraph("One entry per threat and model, worst first: the evidence "
+                                                   "(with its sample size and 95% CI), the clinical direction of the "
+                                                   "errors and the remedy this audit measured.")], anchor="findings",
+                   new_page=True)]
+    for run in dict.fromkeys(f.model for f in found):
+        blocks: list[Any] = []
+        for f in _sorted([f for f in found if f.model == run]):
+            title = THREATS.get(f.threat, f.threat) + (f" — {f.defense}" if f.defense else "")
+            blocks.append(Verdict(f"{title}: {f.evidence}.", f.severity))
+            items = [f"Rule: {WORD[f.severity]} because {f.rule}."]
+            if f.direction:
+                items.append(f"Clinical direction: {f.direction}.")
+            if f.remedy:
+                items.append(f"Remedy: {f.remedy}")
+            blocks.append(Bullets(items))
+        grid = figures.get(f"grid|{run}")
+        if grid is not None:
+            blocks.append(Figure(grid, f"{run}: original | adversarial | amplified perturbation. Only images the model "
+                                       f"classified correctly before the attack are shown."))
+        out.append(Section(f"Model {run}", blocks, anchor=f"model-{run}", level=3))
+    return out
+
+
+# The frameworks' named threats and which of this audit's threats give evidence on them.
+ANNEX: list[tuple[str, str, tuple[str, ...]]] = [
+    ("FDA AI-enabled device guidance (cybersecurity, with the premarket cybersecurity guidance)", "Model evasion: "
+     "input samples crafted to deceive the model", ("whitebox", "transfer", "label_only")),
+    ("FDA", "Data poisoning", ()),
+    ("FDA", "Model inversion / stealing", ()),
+    ("FDA", "Data leakage", ()),
+    ("FDA", "Overfitting", ("clean",)),
+    ("FDA", "Model bias", ()),
+    ("FDA", "Performance drift", ()),
+    ("EU AI Act Art. 15(5)", "Inputs designed to cause the model to make a mistake (adversarial examples or model "
+     "evasion)", ("whitebox", "transfer", "label_only")),
+    ("EU AI Act Art. 15(5)", "Measures to prevent, detect, respond to and control such attacks", ("defense", "detection")),
+    ("EU AI Act Art. 15(5)", "Data poisoning, model poisoning", ()),
+    ("EU AI Act Art. 15(5)", "Confidentiality attacks", ()),
+    ("EU AI Act Art. 15(5)", "Model flaws", ("clean",)),
+]
+
+
+def annex_section(res: Mapping[str, Any], found: Sequence[Finding], provenance: Mapping[str, Any] | None) -> Section:
+    rows = []
+    for framework, threat, tests in ANNEX:
+        mine = [f for f in found if f.threat in tests]
+        if mine:
+            level = max(mine, key=lambda f: RANK[f.severity]).severity
+            what = ", ".join(dict.fromkeys(THREATS[t].lower() for t in tests if any(f.threat == t for f in mine)))
+            result = f"{len(mine)} finding(s), worst {WORD[level]}"
+            link: Any = Link("summary", "#summary")
+        else:
+            level, what, result, link = None, "not tested by this audit", "no evidence", "–"
+        rows.append([framework, threat, what, Badge(level) if level else "–", result, link])
+    prov = dict(provenance or {})
+    versions = prov.get("versions") or {}
+    blocks: list[Any] = [
+        Paragraph("This annex maps the threats named by the FDA's guidance on AI-enabled device software functions "
+                  "(its cybersecurity section lists data poisoning, model inversion/stealing, model evasion, data "
+                  "leakage, overfitting, model bias and performance drift) and by Article 15(5) of the EU AI Act to "
+                  "the tests of this audit. It is evidence for a technical file, not a compliance certificate: "
+                  "whether a device meets either framework is decided by the manufacturer's risk management and the "
+                  "regulator, on much more than this audit."),
+        Table(["framework", "threat named", "test in this audit", "severity", "result", "where"], rows,
+              "Regulatory evidence map", wide=True),
+    ]
+    repro = []
+    if prov.get("command"):
+        repro.append(f"Command: {prov['command']}")
+    if versions:
+        repro.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    repro.append(f"Seed {(res.get('config') or {}).get('seed', '?')}; audit.json schema version "
+                 f"{res.get('schema_version', 'unversioned')}; every number in this report is computed from audit.json.")
+    blocks += [Paragraph("To reproduce:"), Bullets(repro)]
+    return Section("Regulatory evidence annex", blocks, anchor="annex", new_page=True)
 
 
 def method_section(res: dict[str, Any]) -> Section:
     return Section("Method and reproducibility", [
-        Paragraph("Every number above is computed from audit.json (written next to this report); the campaign "
-                  "configuration below and its seed reproduce it exactly. Attacks work in [0, 1] pixel space; "
-                  "white-box budgets are L∞ per pixel; black-box distances are L2 over the whole image."),
-        Table(["setting", "value"], [[k, yaml.safe_dump(v, default_flow_style=True).strip()]
-                                     for k, v in res["config"].items()], "Campaign configuration"),
-    ])
+        Paragraph("Attacks work in [0, 1] pixel space; white-box budgets are L∞ per pixel; black-box distances are L2 "
+                  "over the whole image (the RMS change per pixel is L2 / √pixels). Flip rates count the images the "
+                  "model classified correctly before the attack. The campaign configuration below and its seed "
+                  "reproduce every number."),
+        Table(["setting", "value"], list(config_rows(res.get("config") or {})), "Campaign configuration"),
+    ], anchor="method")
 
 
-def sections(res: dict[str, Any], figures: dict[str, Path]) -> list[Section]:
-    out: list[Section | None] = [clean_section(res)]
-    if res["whitebox"]:
-        out.append(whitebox_section(res, figures))
-    out += [transfer_section(res, figures), blackbox_section(res, figures), detection_section(res),
-            defenses_section(res, figures), method_section(res)]
-    found = [s for s in out if s is not None]
-    summary = Section("Verdicts", [b for s in found for b in s.blocks if isinstance(b, Verdict)])
-    return [summary, *found]
+def sections(res: dict[str, Any], figures: dict[str, Path], provenance: Mapping[str, Any] | None = None,
+             found: Sequence[Finding] | None = None) -> list[Section]:
+    names = defense_names(res)
+    found = list(found) if found is not None else findings(res, names)
+    details: list[Section | None] = [clean_section(res)]
+    if res.get("whitebox"):
+        details.append(whitebox_section(res, figures))
+    details += [transfer_section(res, figures), blackbox_section(res, figures, names), detection_section(res),
+                defenses_section(res, figures, names)]
+    return [summary_section(res, found, names), *findings_sections(res, found, figures),
+            *[s for s in details if s is not None], annex_section(res, found, provenance), method_section(res)]
 
 
-def write_report(res: dict[str, Any], out: Path, figures: dict[str, Path], title: str, meta: str = "") -> tuple[Path, Path]:
-    secs = sections(res, figures)
-    return (render_html(title, secs, out / "report.html", meta), render_markdown(title, secs, out / "report.md", meta))
+def write_report(res: dict[str, Any], out: Path, figures: dict[str, Path], title: str, meta: str = "",
+                 provenance: Mapping[str, Any] | None = None, pdf: bool = True) -> dict[str, Any]:
+    """``report.html``, ``report.md``, ``report.pdf`` and ``findings.json`` (the rated threats) in ``out``;
+    returns their paths, the PDF engine and the overall rating."""
+    from medshield.report.pdf import write_pdf
+
+    found = findings(res, defense_names(res))
+    secs = sections(res, figures, provenance, found)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rating = overall(found)
+    (out / "findings.json").write_text(json.dumps({"overall": rating, "findings": [f.to_dict() for f in found]},
+                                                  indent=2) + "\n")
+    paths: dict[str, Any] = {"html": render_html(title, secs, out / "report.html", meta),
+                             "markdown": render_markdown(title, secs, out / "report.md", meta),
+                             "findings": out / "findings.json", "overall": rating}
+    if pdf:
+        paths["pdf_engine"] = write_pdf(paths["html"], out / "report.pdf", secs, title)
+        paths["pdf"] = out / "report.pdf"
+    return paths
 
 
 def strip_summary(res: dict[str, Any], run: str) -> dict[str, Any] | None:
@@ -257,28 +368,29 @@ def strip_summary(res: dict[str, Any], run: str) -> dict[str, Any] | None:
 
 def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: str | None, data_dir: str | None,
                  seed: int) -> dict[str, Path]:
-    """The report's PNGs from the records (and, for the image grid, the first model)."""
+    """The report's PNGs from the records (and, for the image grids, the models)."""
     from medshield.evaluation.transfer import accuracy_matrix
-    from medshield.report.blackbox_plots import plot_l2_vs_queries, plot_strips
-    from medshield.report.plots import heatmap, line_plot
+    from medshield.report.blackbox_plots import plot_strips
+    from medshield.report.panels import l2_vs_queries_panels, robust_vs_eps_panels
+    from medshield.report.plots import heatmap
 
     figs: dict[str, Path] = {}
     wb = res["whitebox"]
     if wb:
-        multi = len({r["run"] for r in wb}) > 1
-        figs["robust_vs_eps"] = line_plot(wb, "eps", "robust_accuracy", ["run", "attack"] if multi else "attack",
-                                          out / "robust_vs_eps.png", xlabel="eps (x/255)", ylabel="robust accuracy",
-                                          x_scale=255, baseline="clean_accuracy",
-                                          title="Robust accuracy vs perturbation budget")
-        figs["grid"] = _grid(res, out, runs[0], dataset, data_dir, seed)
+        figs["robust_vs_eps"] = robust_vs_eps_panels(wb, out / "robust_vs_eps.png")
+        for i, run in enumerate(runs):
+            name = Path(run).name
+            if any(r["run"] == name for r in wb):
+                path = out / ("grid.png" if i == 0 else f"grid_{name}.png")
+                figs[f"grid|{name}"] = _grid(res, path, run, dataset, data_dir, seed)
+        if f"grid|{Path(runs[0]).name}" in figs:
+            figs["grid"] = figs[f"grid|{Path(runs[0]).name}"]
     if res["transfer"]:
         names, matrix = accuracy_matrix(res["transfer"])
         figs["transfer"] = heatmap(matrix, names, names, out / "transfer.png", xlabel="target", ylabel="source",
                                    title="Target accuracy on source's adversarials")
     if res["blackbox"]:
-        figs["l2_vs_queries"] = plot_l2_vs_queries({"records": [{**r, "defense": r["defense_spec"] if len(runs) == 1 else
-                                                                 f"{r['defense_spec']}, {r['run']}"} for r in res["blackbox"]]},
-                                                   out / "l2_vs_queries.png")
+        figs["l2_vs_queries"] = l2_vs_queries_panels(res["blackbox"], out / "l2_vs_queries.png", defense_names(res))
         summary = strip_summary(res, Path(runs[0]).name)
         if summary:
             figs["strips"] = plot_strips(summary, out / "strips.png")
@@ -290,7 +402,7 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
     return figs
 
 
-def _grid(res: dict[str, Any], out: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
+def _grid(res: dict[str, Any], path: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
     from medshield.campaign.jobs import _load, eval_images
     from medshield.evaluation.whitebox import WhiteboxJob, parse_eps
     from medshield.report.whitebox import write_grid
@@ -300,4 +412,16 @@ def _grid(res: dict[str, Any], out: Path, run: str, dataset: str | None, data_di
     model, ds = _load(run, dataset, data_dir)
     x, y = eval_images(ds, res["config"]["split"], cfg["n_images"], seed)
     job = WhiteboxJob(attacks=cfg["attacks"], eps=parse_eps(cfg["eps"]), norm=Norm.parse(cfg["norm"]), seed=seed)
-    return write_grid(model, ds, x, y, job, out / "grid.png", Path(run).name, per_class=cfg["grid_images"])
+    return write_grid(model, ds, x, y, job, path, Path(run).name, per_class=cfg["grid_images"])
+
+
+def versions() -> dict[str, str]:
+    """medshield, torch and python versions (for the annex's reproduction line)."""
+    import platform
+
+    import torch
+
+    import medshield
+
+    return {"medshield": getattr(medshield, "__version__", "?"), "torch": torch.__version__,
+            "python": platform.python_version()}

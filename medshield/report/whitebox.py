@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from medshield.attacks import create_attack
-from medshield.models import predict, probabilities
+from medshield.models import predict, predict_labels, probabilities
 from medshield.report.grids import adversarial_grid
 from medshield.report.plots import line_plot
 from medshield.report.tables import markdown_table, percent, pivot_table
@@ -58,15 +58,21 @@ def write_whitebox_report(records: list[dict[str, Any]], out: Path, loaded: Mapp
 def write_grid(model, ds, x: torch.Tensor, y: torch.Tensor, job: Any, path: Path, run: str, per_class: int = 2,
                pool: int = 16) -> Path:
     """Grid for the strongest listed gradient attack at the budget closest to 2/255: ``per_class`` images per
-    class, successful ones first (picked from the first ``pool`` images of each class)."""
+    class among those the model classifies correctly before the attack (an image it already gets wrong
+    is no adversarial example), successful ones first (picked from the first ``pool`` of each class)."""
     name = next((a for a in ("pgd", "mifgsm", "bim", "fgsm") if a in job.attacks), job.attacks[0])
     eps = min(job.eps, key=lambda e: abs(e - 2 / 255))
-    idx = torch.cat([(y == c).nonzero().squeeze(1)[:pool] for c in y.unique()])
+    correct = predict_labels(predict(model, x)) == y
+    idx = torch.cat([((y == c) & correct).nonzero().squeeze(1)[:pool] for c in y.unique()])
+    if idx.numel() == 0:
+        raise ValueError(f"{run} classifies none of the {len(y)} images correctly: no adversarial grid to show")
     device = next(model.parameters()).device
     res = create_attack(name, norm=job.norm).attack(model, x[idx].to(device), y[idx].to(device), eps=eps,
                                                    generator=torch.Generator(device=device).manual_seed(job.seed))
     order = torch.argsort((~res.success.cpu()).int(), stable=True)  # successes first
-    pick = torch.cat([order[y[idx][order] == c][:per_class] for c in y.unique()])
+    pick = torch.cat([order[y[idx][order] == c][:per_class] for c in y[idx].unique()])
     xs, ys, adv = x[idx][pick], y[idx][pick], res.adversarial.cpu()[pick]
     return adversarial_grid(xs, adv, probabilities(predict(model, xs)), probabilities(predict(model, adv)), path,
-                            class_names=ds.class_names, true_labels=ys, title=f"{run}: {name} eps={255 * eps:g}/255")
+                            class_names=ds.class_names, true_labels=ys,
+                            title=f"{run}: {name.upper()} at {255 * eps:g}/255 per pixel\n"
+                                  f"only images the model classified correctly before the attack")
