@@ -82,8 +82,8 @@ def audited(tmp_path_factory: pytest.TempPathFactory, demo_run: Path, demo_run2:
 
 def test_audit_writes_records_figures_and_verdicts(audited: tuple[Path, dict]) -> None:
     out, res = audited
-    for name in ("report.html", "report.md", "audit.json", "timings.json", "robust_vs_eps.png", "grid.png",
-                 "transfer.png", "l2_vs_queries.png", "strips.png"):
+    for name in ("report.html", "report.md", "report.pdf", "audit.json", "findings.json", "timings.json",
+                 "robust_vs_eps.png", "grid.png", "grid_run2.png", "transfer.png", "l2_vs_queries.png", "strips.png"):
         assert (out / name).is_file(), name
     assert {r["run"] for r in res["clean"]} == {"run", "run2"}
     assert all(r["accuracy"] > 0.8 for r in res["clean"])
@@ -100,10 +100,15 @@ def test_audit_writes_records_figures_and_verdicts(audited: tuple[Path, dict]) -
     html = (out / "report.html").read_text()
     assert 'class="verdict' in html and "per pixel" in html and "data:image/png;base64," in html
     assert "src=\"http" not in html and "<script" not in html
+    assert 'id="summary"' in html and "RND (input noise σ = 0.04)" in html and "RND:NU" not in html
     md = (out / "report.md").read_text()
-    assert "## Verdicts" in md and "![" in md
+    assert "## Executive summary" in md and "![" in md
     text = (out / "audit.json").read_text()
     assert '"seconds"' not in text  # wall-clock times live in timings.json
+    from medshield.report.schema import validate_audit
+
+    validate_audit(json.loads(text))
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_rerun_reuses_every_job(audited: tuple[Path, dict], demo_run: Path, demo_run2: Path) -> None:
@@ -184,13 +189,17 @@ def chromium() -> str:
 
 
 def test_report_renders_in_headless_chromium(audited: tuple[Path, dict], tmp_path: Path) -> None:
+    """The report in headless Chromium (no errors, no broken images, the summary's threat table first),
+    screenshots of it and of the PDF's first pages (pdftoppm); MEDSHIELD_SCREENSHOT=DIR keeps them."""
     from playwright.sync_api import sync_playwright
+
+    from medshield.report.pdf import FLAGS
 
     browser_path = chromium()
     out, _ = audited
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=browser_path, args=FLAGS[1:])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -199,11 +208,26 @@ def test_report_renders_in_headless_chromium(audited: tuple[Path, dict], tmp_pat
         page.wait_for_load_state("load")
         n_images = page.evaluate("document.images.length")
         broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
-        shot = tmp_path / "report.png"
-        page.screenshot(path=str(shot), full_page=False)
+        rows = page.evaluate("document.querySelectorAll('#summary table tbody tr').length")
+        first = page.evaluate("document.querySelector('section').id")
+        words = page.evaluate("Array.from(document.querySelectorAll('#summary .sev')).map(e => e.textContent)")
+        shots = [tmp_path / "report.png", tmp_path / "report_full.png"]
+        page.screenshot(path=str(shots[0]), full_page=False)
+        page.screenshot(path=str(shots[1]), full_page=True)
         browser.close()
     assert errors == []
-    assert n_images >= 5 and broken == 0
-    assert shot.stat().st_size > 10_000
+    assert n_images >= 6 and broken == 0
+    assert first == "summary" and rows >= 8 and set(words) <= {"HIGH", "MEDIUM", "LOW", "PASS"} and words
+    assert shots[0].stat().st_size > 10_000
+    pdftoppm = shutil.which("pdftoppm")
+    if pdftoppm:
+        subprocess.run([pdftoppm, "-r", "70", "-png", "-f", "1", "-l", "3", str(out / "report.pdf"), str(tmp_path / "pdf")],
+                       check=True)
+        pages = sorted(tmp_path.glob("pdf-*.png"))
+        assert len(pages) == 3 and all(p.stat().st_size > 5_000 for p in pages)
+        shots += pages
     if os.environ.get("MEDSHIELD_SCREENSHOT"):
-        shutil.copy(shot, os.environ["MEDSHIELD_SCREENSHOT"])
+        keep = Path(os.environ["MEDSHIELD_SCREENSHOT"])
+        keep.mkdir(parents=True, exist_ok=True)
+        for shot in shots:
+            shutil.copy(shot, keep / shot.name)
