@@ -193,3 +193,31 @@ def test_audit_fail_on_exit_status(tmp_path: Path, demo_run: Path) -> None:
     res = CliRunner().invoke(app, [*base, "--fail-on", "catastrophic"])
     assert res.exit_code == 2 and "high, medium or low" in res.output
     assert "--fail-on" in CliRunner().invoke(app, ["audit", "--help"]).output
+
+
+@pytest.mark.slow
+def test_compare_demo_model_with_its_adversarially_trained_copy(tmp_path: Path, demo_run: Path) -> None:
+    """Two audits of the demo: the model, then the same model fine-tuned with adversarial training (AT)."""
+    import yaml
+
+    from medshield.api import defend
+    from medshield.campaign.audit import audit as run_audit
+    from medshield.models.train import TrainConfig
+
+    hardened_run = tmp_path / "run_at"
+    defend("demo", hardened_run, "at", init_from=demo_run, train_eps="4/255", train_steps=3,
+           train_config=TrainConfig(epochs=2, batch_size=64, seed=0), eval_attacks="fgsm", eval_n=50)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"clean": {"bootstrap": 50}, "transfer": {"enabled": False},
+                                   "detection": {"enabled": False},
+                                   "whitebox": {"attacks": ["fgsm", "pgd"], "eps": ["2/255", "8/255"], "n_images": 100,
+                                                "grid_images": 1},
+                                   "blackbox": {"attacks": ["hsja"], "budgets": [200, 500], "defenses": ["none"],
+                                                "n_images": 4, "shard_size": 4}}))
+    run_audit([str(demo_run)], tmp_path / "v1", config=cfg)
+    run_audit([str(hardened_run)], tmp_path / "v2", config=cfg)
+    cmp = write_compare(tmp_path / "v1", tmp_path / "v2", tmp_path / "cmp")
+    assert cmp["models"] == {"run": "run_at"}
+    white = next(c for c in cmp["changes"] if c["threat"] == "whitebox")
+    assert white["change"] == "better" and white["new"]["score"] < white["old"]["score"] - 0.2
+    assert regressions(cmp, "high") == []

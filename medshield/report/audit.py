@@ -16,7 +16,11 @@ from typing import Any
 
 from medshield.report.document import (Badge, Bullets, Figure, Link, Paragraph, Section, Table, Verdict, render_html,
                                        render_markdown)
+from medshield.report.blackbox_plots import plot_strips
 from medshield.report.naming import config_rows, defense_name, defense_names, eps_value
+from medshield.report.panels import l2_vs_queries_panels, robust_vs_eps_panels
+from medshield.report.pdf import write_pdf
+from medshield.report.plots import heatmap
 from medshield.report.severity import (LEVELS, RANK, THREATS, WORD, Finding, findings, overall)
 
 
@@ -337,8 +341,6 @@ def write_report(res: dict[str, Any], out: Path, figures: dict[str, Path], title
                  provenance: Mapping[str, Any] | None = None, pdf: bool = True) -> dict[str, Any]:
     """``report.html``, ``report.md``, ``report.pdf`` and ``findings.json`` (the rated threats) in ``out``;
     returns their paths, the PDF engine and the overall rating."""
-    from medshield.report.pdf import write_pdf
-
     found = findings(res, defense_names(res))
     secs = sections(res, figures, provenance, found)
     out = Path(out)
@@ -370,9 +372,6 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
                  seed: int) -> dict[str, Path]:
     """The report's PNGs from the records (and, for the image grids, the models)."""
     from medshield.evaluation.transfer import accuracy_matrix
-    from medshield.report.blackbox_plots import plot_strips
-    from medshield.report.panels import l2_vs_queries_panels, robust_vs_eps_panels
-    from medshield.report.plots import heatmap
 
     figs: dict[str, Path] = {}
     wb = res["whitebox"]

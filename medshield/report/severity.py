@@ -215,15 +215,20 @@ def whitebox_finding(res: Mapping[str, Any], run: str, recs: list[dict[str, Any]
         if best is None or r["success_rate"] > best["success_rate"]:
             by_eps[r["eps"]] = r
     flips = {e: r["success_rate"] for e, r in by_eps.items()}
-    sev, rule = whitebox_level(flips)
+    dim = image_dim(res, run)
+    if str(recs[0].get("norm", "linf")).lower() == "l2" and dim:  # L2 budgets: rated by their RMS change per pixel
+        sev, rule = whitebox_level({e / math.sqrt(dim): f for e, f in flips.items()})
+        rule += " (L2 budget as RMS per pixel)"
+    else:
+        sev, rule = whitebox_level(flips)
     eps_sorted = sorted(by_eps)
     pick = by_eps[next((e for e in eps_sorted if flips[e] >= MOST), eps_sorted[-1])]
     k, n = _flip_count(pick)
     ci = wilson(k, n)
     attack = str(pick.get("winning_attack") or pick["attack"]).upper()
     ev = (f"{attack} at {eps_text(pick['eps'])} per pixel flips {pct(pick['success_rate'])}{_ci_text(ci)} of the "
-          f"{n} correctly classified of {pick.get('n')} test images; robust accuracy {pct(pick['robust_accuracy'], 1)} "
-          f"vs {pct(pick['clean_accuracy'], 1)} clean")
+          f"{n} correctly classified of {_images(res, run, pick.get('n'))}; robust accuracy "
+          f"{pct(pick['robust_accuracy'], 1)} vs {pct(pick['clean_accuracy'], 1)} clean on the same images")
     small = [r for e, r in by_eps.items() if abs(e - WB_SMALL_EPS) < 1e-9]
     score = small[0]["success_rate"] if small else max(flips.values())
     return Finding("whitebox", run, sev, ev, rule, score=score, ci=ci, n=n,
@@ -232,7 +237,15 @@ def whitebox_finding(res: Mapping[str, Any], run: str, recs: list[dict[str, Any]
                             "flip_by_eps": {eps_text(e): f for e, f in sorted(flips.items())}})
 
 
-def transfer_finding(run: str, recs: list[dict[str, Any]]) -> Finding:
+def _images(res: Mapping[str, Any], run: str, n: Any) -> str:
+    """'200 test images (a seeded subsample of 624)' where the records show a subsample."""
+    total = next((r.get("n") for r in _records(res, "clean") if r.get("run") == run), None)
+    if n is not None and total and int(total) > int(n):
+        return f"{n} test images (a seeded subsample of {total})"
+    return f"{n} test images"
+
+
+def transfer_finding(res: Mapping[str, Any], run: str, recs: list[dict[str, Any]]) -> Finding:
     worst_rec = max(recs, key=lambda r: r["success_rate"])
     f = worst_rec["success_rate"]
     sev = "high" if f >= TR_HIGH else "medium" if f >= TR_MEDIUM else "low" if f >= TR_LOW else "none"
@@ -241,7 +254,7 @@ def transfer_finding(run: str, recs: list[dict[str, Any]]) -> Finding:
     eps = worst_rec.get("eps")
     ev = (f"{str(worst_rec['attack']).upper()} adversarials made on {worst_rec['source']} at "
           f"{worst_rec.get('eps_label') or eps_text(eps)} flip {pct(f)}{_ci_text(ci)} of the {n_correct} images "
-          f"{run} classified correctly (of {worst_rec['n']})")
+          f"{run} classified correctly of {_images(res, run, worst_rec['n'])}")
     rule = {"high": f"≥ {pct(TR_HIGH)} flipped", "medium": f"≥ {pct(TR_MEDIUM)} flipped",
             "low": f"≥ {pct(TR_LOW)} flipped", "none": f"< {pct(TR_LOW)} flipped"}[sev]
     return Finding("transfer", run, sev, ev, rule, score=f, ci=ci, n=n_correct,
@@ -421,7 +434,7 @@ def findings(res: Mapping[str, Any], names: Mapping[str, str] | None = None) -> 
             out.append(whitebox_finding(res, run, recs))
         recs = [r for r in tr if r.get("target") == run and not r.get("white_box")]
         if recs:
-            out.append(transfer_finding(run, recs))
+            out.append(transfer_finding(res, run, recs))
         mine = [r for r in bb if r["run"] == run]
         base = [r for r in mine if r.get("defense") == "none"]
         if base:
