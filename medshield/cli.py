@@ -190,9 +190,12 @@ def compare(
     old: Annotated[Path, typer.Argument(help="The earlier audit: its audit.json or its folder.")],
     new: Annotated[Path, typer.Argument(help="The later audit (e.g. model v2): audit.json or folder.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for compare.json and compare.md.")] = Path("compare"),
-    pair: Annotated[list[str] | None, typer.Option("--pair", help="OLD_RUN=NEW_RUN model pairing (default: same "
-                                                   "names, then the remaining models in order).")] = None,
-    fail_on: FailOn = None,
+    pair: Annotated[list[str] | None, typer.Option("--pair", metavar="OLD_RUN=NEW_RUN",
+                                                   help="Model pairing, repeatable (default: same names, then the "
+                                                        "remaining models in order).")] = None,
+    fail_on: Annotated[str | None, typer.Option("--fail-on", metavar="high|medium|low",
+                                                help="For CI: exit with status 3 when a threat's severity rose to "
+                                                     "this level or above.")] = None,
 ) -> None:
     """What got better or worse between two audits; writes OUT/compare.json and OUT/compare.md.
 
