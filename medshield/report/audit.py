@@ -102,7 +102,8 @@ def transfer_section(res: dict[str, Any], figures: dict[str, Path]) -> Section |
     sample = _sample(n, _split_size(res, recs[0]["target"]))
     blocks: list[Any] = [Table(["source", "target", "target clean acc", "target acc on source's adversarials",
                                 "flipped (of correctly classified)"],
-                               [[r["source"], r["target"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
+                               [[r["source"] + (" (same model: white-box)" if r.get("white_box") else ""),
+                                 r["target"], pct(r["clean_accuracy"]), pct(r["robust_accuracy"]),
                                  pct(r["success_rate"])] for r in recs],
                                f"Transferability ({str(recs[0].get('attack', '')).upper()} at "
                                f"{recs[0].get('eps_label') or _label(recs[0].get('eps', 0))}); {sample}")]
@@ -219,7 +220,7 @@ def summary_section(res: Mapping[str, Any], found: Sequence[Finding], names: Map
     head = (f"Overall rating: {WORD[rating]}. " + ", ".join(f"{c} {WORD[lvl].lower()}" for lvl, c in counts.items() if c)
             + f" across {len(found)} rated threats.")
     if worst is not None and worst.severity != "none":
-        head += f" Worst: {THREATS.get(worst.threat, worst.threat).lower()} on {worst.model}."
+        head += f" Worst: {THREATS.get(worst.threat, worst.threat)} on {worst.model}."
     rows = [[THREATS.get(f.threat, f.threat) + (f" — {f.defense}" if f.defense else ""), f.model, Badge(f.severity),
              f.evidence, _where(f)] for f in _sorted(found)]
     return Section("Executive summary", [
@@ -285,7 +286,7 @@ def annex_section(res: Mapping[str, Any], found: Sequence[Finding], provenance: 
         mine = [f for f in found if f.threat in tests]
         if mine:
             level = max(mine, key=lambda f: RANK[f.severity]).severity
-            what = ", ".join(dict.fromkeys(THREATS[t].lower() for t in tests if any(f.threat == t for f in mine)))
+            what = ", ".join(dict.fromkeys(THREATS[t] for t in tests if any(f.threat == t for f in mine)))
             result = f"{len(mine)} finding(s), worst {WORD[level]}"
             link: Any = Link("summary", "#summary")
         else:

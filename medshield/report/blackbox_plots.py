@@ -71,7 +71,8 @@ def plot_strips(summary: dict[str, Any], path: str | Path) -> Path:
         show(axes[row, 0], summary["first_image"], f"{attack.upper()} original")
         for col, b in enumerate(budgets, start=1):
             d = l2.get((attack, defense, b))
-            show(axes[row, col], strip[str(b)], f"{b // 1000}K L2={d:.2f}" if d is not None else f"{b}: none")
+            when = f"{b // 1000}K" if b % 1000 == 0 else f"{b:,} q"
+            show(axes[row, col], strip[str(b)], f"{when} L2={d:.2f}" if d is not None else f"{when}: none")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -22,7 +22,7 @@ th{background:#eef3f8}td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0}.cap{color:#333;font-size:.9em;margin:1em 0 .2em 0;break-after:avoid;page-break-after:avoid}.tbl table{margin-top:.2em}figure img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;font-size:.9em}
 .verdict{padding:.6em 1em;border-left:5px solid #999;background:#f6f8fa;margin:.6em 0}
 .verdict.high{border-color:#c62828;background:#fdecea}.verdict.medium{border-color:#ef6c00;background:#fff4e5}
-.verdict.low{border-color:#2e7d32;background:#edf7ed}.verdict.none{border-color:#2e7d32;background:#edf7ed}
+.verdict.low{border-color:#8d6e00;background:#fbf6e3}.verdict.none{border-color:#2e7d32;background:#edf7ed}
 .meta{color:#555;font-size:.9em}
 .sev{display:inline-block;min-width:4.6em;text-align:center;font-weight:700;font-size:.85em;padding:.1em .4em;border-radius:3px;
 border:1px solid #555;color:#fff}.sev.high{background:#b71c1c}.sev.medium{background:#e65100}.sev.low{background:#8d6e00}

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 STYLES = ["-", "--", ":", "-."]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -85,6 +86,8 @@ def l2_vs_queries_panels(records: Sequence[Mapping[str, Any]], path: str | Path,
         ax.set_title(f"{run} (n = {n} images)", fontsize=10)
         ax.set_xlabel("queries per image", fontsize=9)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
         ax.grid(alpha=0.3, which="both")
         ax.tick_params(labelsize=9)
     axes[0].set_ylabel("median L2 of the adversarial", fontsize=9)

@@ -76,6 +76,8 @@ class Finding:
 
     @property
     def anchor(self) -> str:
+        if self.threat == "defense" and self.metrics.get("kind") != "training":
+            return "blackbox"  # inference-time defenses are evaluated with the label-only attacks
         return ANCHORS.get(self.threat, "findings")
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,9 +182,11 @@ def clean_finding(rec: Mapping[str, Any]) -> Finding:
     auc_txt = "" if auc is None else f", AUC {auc:.3f}"
     ev = (f"accuracy {pct(acc, 1)}{_ci_text(ci)} on {n} {rec.get('split', 'test')} images{auc_txt}, sensitivity "
           f"{pct(sens, 1)}, specificity {pct(rec.get('specificity'), 1)}")
-    remedy = None if sev == "none" else ("Do not deploy on these numbers: retrain (more data, a larger model, "
-                                         "longer training) and re-audit; robustness results of a model this "
-                                         "inaccurate say little.")
+    remedy = {"high": "Do not deploy on these numbers: retrain (more data, a larger model, longer training) and "
+                      "re-audit; robustness results of a model this inaccurate say little.",
+              "medium": "Improve clean performance (more data or training, threshold choice for sensitivity) before "
+                        "relying on it; re-audit the improved model.",
+              "low": "Check that this clean performance meets the intended use before deployment."}.get(sev)
     return Finding("clean", rec["run"], sev, ev, rule, score=None if acc is None else 1 - acc, ci=ci, n=n,
                    remedy=remedy, metrics={"accuracy": acc, "auc": auc, "sensitivity": sens,
                                            "specificity": rec.get("specificity")})
