@@ -87,7 +87,7 @@ def l2_vs_queries_panels(records: Sequence[Mapping[str, Any]], path: str | Path,
         ax.set_xlabel("queries per image", fontsize=9)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.grid(alpha=0.3, which="both")
         ax.tick_params(labelsize=9)
     axes[0].set_ylabel("median L2 of the adversarial", fontsize=9)
