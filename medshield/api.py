@@ -19,6 +19,8 @@ from medshield.models import BoundedModel, create_model, load_run, predict, prob
 from medshield.models.checkpoint import CONFIG_FILE, MODEL_FILE, read_json, write_json
 from medshield.models.factory import ModelConfig
 from medshield.models.train import STATE_DIR, BatchHook, TrainConfig, train_model
+from medshield.targets import GRADIENTS_UNAVAILABLE, Target, open_target
+from medshield.targets.data import data_options, load_target_data, run_config
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,6 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def data_options(config: dict[str, Any]) -> dict[str, Any]:
-    """The dataset options a run was trained with (size, rgb, resize), from its ``config.json``."""
-    data = config.get("data", {})
-    return {k: data.get(k) for k in ("size", "rgb", "resize", "seed") if data.get(k) is not None}
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -119,24 +115,37 @@ def evaluate_model(model: BoundedModel, ds: Dataset, split: str = "test", seed: 
     return classification_metrics(part.labels, probs, ds.positive_class, n_bootstrap=n_bootstrap, seed=seed)
 
 
+def load_target_and_data(ref: str | Path | Target, dataset: str | None = None, data_dir: str | Path | None = None,
+                         device: str | None = "cpu", manifest: str | Path | None = None) -> tuple[Target, Dataset]:
+    """A target (a card file, a MedShield run folder or a Target) on ``device`` plus the data to test it on
+    (a run's own dataset options, or ``dataset``/``manifest`` at the card's size); checks they fit."""
+    target = open_target(ref, device)
+    return target, load_target_data(target, dataset, data_dir, manifest)
+
+
 def load_run_and_data(run: str | Path, dataset: str | None, data_dir: str | Path | None,
                       device: str = "cpu") -> tuple[BoundedModel, Dataset, dict[str, Any]]:
-    """A trained run (on ``device``) plus its dataset loaded with the options it was trained with;
-    checks they fit."""
-    model, config = load_run(Path(run), device)
-    name = dataset or config.get("data", {}).get("dataset")
-    if not name:
-        raise MedShieldError("no dataset given and the run's config.json names none; pass --dataset")
-    ds = load_dataset(name, data_dir, **data_options(config))
-    mc = model.config
-    if ds.channels != mc.in_channels or ds.image_size != mc.image_size:
-        raise MedShieldError(
-            f"{name} gives {ds.channels}x{ds.image_size}x{ds.image_size} images but the model expects "
-            f"{mc.in_channels}x{mc.image_size}x{mc.image_size}; pass matching --size/--rgb"
-        )
-    if max(mc.num_classes, 2) != ds.num_classes:
-        raise MedShieldError(f"{name} has {ds.num_classes} classes but the model predicts {max(mc.num_classes, 2)}")
-    return model, ds, config
+    """A trained run or target card (on ``device``) plus its dataset; returns the prediction model, the
+    data and the run's config (a card's description for other targets)."""
+    target, ds = load_target_and_data(run, dataset, data_dir, device)
+    return target.model, ds, run_config(target) or {"target": target.describe()}
+
+
+def target_check(card: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+                 manifest: str | Path | None = None, split: str = "test", n: int | None = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Load a target card (or run), run the data through it and report what was found (one JSON object:
+    shapes, output ranges, ``test.accuracy`` and metrics, gradients, determinism)."""
+    from medshield.evaluation.target_check import check_target
+
+    target, ds = load_target_and_data(card, dataset, data_dir, device, manifest)
+    return check_target(target, ds, split=split, n=n)
+
+
+def model_label(target: Target) -> str:
+    """The architecture name of a MedShield run, else the card's format (``torchscript``, ``onnx``, ...)."""
+    config = getattr(target.model, "config", None)
+    return str(getattr(config, "name", None) or target.format)
 
 
 def evaluate(run: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
@@ -231,13 +240,20 @@ def attack(
     out.mkdir(parents=True, exist_ok=True)
     store = RecordStore(out / "whitebox_jobs.json")
     records, loaded = [], {}
-    for run in _split_names(runs):
-        model, ds, config = load_run_and_data(run, dataset, data_dir, device)
+    refs = _split_names(runs) if isinstance(runs, (str, list, tuple)) else [runs]
+    for ref in refs:
+        target, ds = load_target_and_data(ref, dataset, data_dir, device)
+        if target.white_box is None:
+            if len(refs) == 1:
+                raise MedShieldError(f"{target.name}: {GRADIENTS_UNAVAILABLE} (medshield blackbox / transfer)")
+            log.warning("%s: %s", target.name, GRADIENTS_UNAVAILABLE)
+            continue
+        model = target.white_box
         x, y = _eval_images(ds, split, n, seed)
-        meta = {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
-                "channels": ds.channels}
+        meta = {"run": target.name, "model": model_label(target), "dataset": ds.name, "split": split,
+                "channels": ds.channels, "target_digest": target.digest}
         records += run_whitebox(model, x, y, job, positive_class=ds.positive_class, store=store, meta=meta)
-        loaded[Path(run).name] = (model, ds, x, y)
+        loaded[target.name] = (model, ds, x, y)
     write_json(out / "whitebox.json", records)
     write_whitebox_report(records, out, loaded if grid else {}, job)
     return records
@@ -270,18 +286,25 @@ def transfer(
     eps_values = parse_eps(eps)
     if len(eps_values) != 1:
         raise MedShieldError("transfer takes one eps")
-    models, ds = {}, None
+    models, sources, ds = {}, {}, None
     for run in runs:
-        model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
-        models[Path(run).name] = model
+        target, ds = load_target_and_data(run, dataset, data_dir, device)
+        models[target.name] = target.model
+        if target.white_box is not None:
+            sources[target.name] = target.white_box
+        else:
+            log.warning("%s: %s; it is a transfer target only", target.name, GRADIENTS_UNAVAILABLE)
     assert ds is not None
+    if not sources:
+        raise MedShieldError(f"transfer needs at least one source with gradients: {GRADIENTS_UNAVAILABLE.split(':')[0]} for all")
     x, y = _eval_images(ds, split, n, seed)
     atk = create_attack(attack_name, norm=norm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"attack": attack_name, "norm": norm, "dataset": ds.name, "split": split, "eps_label": eps_label(eps_values[0])}
     records = transfer_records(models, x, y, atk, eps_values[0], positive_class=ds.positive_class,
-                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json"), meta=meta)
+                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json"), meta=meta,
+                               sources=sources)
     names, matrix = accuracy_matrix(records)
     write_json(out / "transfer.json", {"records": records, "names": names, "robust_accuracy": matrix,
                                         "clean_accuracy": {r["target"]: r["clean_accuracy"] for r in records}})
@@ -512,8 +535,9 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
     else:
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
-        model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
-        summary = run_blackbox(model, ds.split(split), out, cfg, positive_class=ds.positive_class, surrogate=substitute)
+        system, ds = load_target_and_data(run, dataset, data_dir, device)
+        summary = run_blackbox(system.model, ds.split(split), out, cfg, positive_class=ds.positive_class, surrogate=substitute)
+        summary["target_identity"] = system.identity()
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")

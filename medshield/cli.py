@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from medshield.cli_target import TargetOpt, refs
 from medshield.errors import MedShieldError, removed_on_user_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -142,6 +143,7 @@ def demo(
 @user_errors
 def audit(
     run: Annotated[str | None, typer.Option("--run", help="Run folder(s) to audit, comma-separated.")] = None,
+    target: TargetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Report folder (resumable: re-run to continue).")] = Path("report"),
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
     data_dir: DataDir = None,
@@ -166,9 +168,8 @@ def audit(
 
         typer.echo(default_yaml())
         return
-    if not run:
-        raise MedShieldError("give the model to audit: --run RUN (a folder written by medshield train)")
-    res = api.audit([r.strip() for r in run.split(",") if r.strip()], out, dataset=dataset, data_dir=data_dir,
+    models = refs(run, target, "--run RUN (a folder written by medshield train) or --target CARD")
+    res = api.audit([r.strip() for r in models.split(",") if r.strip()], out, dataset=dataset, data_dir=data_dir,
                     config=config, executor=executor, workers=workers, address=address, seed=seed)
     found = json.loads((out / "findings.json").read_text())
     emit({"report": str(out / "report.html"), "pdf": str(out / "report.pdf"), "markdown": str(out / "report.md"),
@@ -252,8 +253,9 @@ def models() -> None:
 @app.command()
 @user_errors
 def attack(
-    run: Annotated[str, typer.Option("--run", help="Run directory; several comma-separated runs (e.g. grey,RGB) are compared side by side.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
+    run: Annotated[str | None, typer.Option("--run", help="Run directory; several comma-separated runs (e.g. grey,RGB) are compared side by side.")] = None,
+    target: TargetOpt = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
     data_dir: DataDir = None,
     attacks: Annotated[str, typer.Option("--attack", help="Comma-separated: fgsm,fgsm_iter,bim,pgd,mifgsm,cw.")] = "fgsm,bim,pgd,mifgsm,cw",
@@ -272,7 +274,7 @@ def attack(
 
     names = [a.strip() for a in attacks.split(",") if a.strip()]
     kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
-    records = api.attack(run, out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
+    records = api.attack(refs(run, target), out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
                          n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs,
                          device=device)
     keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
@@ -282,8 +284,9 @@ def attack(
 @app.command()
 @user_errors
 def transfer(
-    source: Annotated[str, typer.Option("--source", help="Comma-separated run directories (sources and targets).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (rerun to resume).")],
+    source: Annotated[str | None, typer.Option("--source", help="Comma-separated run directories (sources and targets).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target cards (comma-separated) joining the runs; one without gradients is a transfer target only.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the runs' dataset.")] = None,
     data_dir: DataDir = None,
     attack_name: Annotated[str, typer.Option("--attack", help="Attack used on each source.")] = "mifgsm",
@@ -298,7 +301,7 @@ def transfer(
     """Transfer matrix: adversarials made on each source, accuracy of every target; writes OUT/transfer.json."""
     from medshield import api
 
-    records = api.transfer(source, out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
+    records = api.transfer(refs(source, target, "--source RUNS and/or --target CARDS"), out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
                            norm=norm, split=split, n=n, batch_size=batch_size, seed=seed, device=device)
     emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
 
@@ -403,7 +406,7 @@ def split_list(text: str, kind: type = str) -> list[Any]:
 def blackbox(
     out: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")],
     run: Annotated[Path | None, typer.Option("--run", help="Run directory of the model to attack.")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="URL of a live `medshield serve` to attack instead.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Target card YAML, or the URL of a live `medshield serve` to attack instead.")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="API key for --target (or $MEDSHIELD_API_KEY).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Queries per model call / HTTP request.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
@@ -425,6 +428,8 @@ def blackbox(
     """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table."""
     from medshield import api
 
+    if target and not target.startswith(("http://", "https://")):
+        run, target = Path(refs(None if run is None else str(run), target)), None
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
                            seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
@@ -460,8 +465,10 @@ def reproduce_thesis(
 
 
 from medshield.cli_defense import register as _register_defense_commands  # noqa: E402
+from medshield.cli_target import register as _register_target_commands  # noqa: E402
 
 _register_defense_commands(app)
+_register_target_commands(app)
 
 
 def main() -> None:

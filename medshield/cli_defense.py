@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from medshield.cli_target import TargetOpt, refs
+
 
 def register(app: typer.Typer) -> None:
     """Add the black-box defense commands to ``app``."""
@@ -17,8 +19,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def detect(
-        run: Annotated[Path, typer.Option("--run", help="Run directory of the model to attack.")],
         out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+        run: Annotated[str | None, typer.Option("--run", help="Run directory of the model to attack.")] = None,
+        target: TargetOpt = None,
         dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
         data_dir: DataDir = None,
         attack: Annotated[str, typer.Option("--attack", help="Comma list of attacks whose streams to detect.")] = "hsja,gbba,opt",
@@ -35,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Stream detection: when attack query streams get flagged, and false positives on benign streams."""
         from medshield import api
 
-        summary = api.detect(run, out, dataset=dataset, data_dir=data_dir, attacks=tuple(split_list(attack)),
+        summary = api.detect(refs(run, target), out, dataset=dataset, data_dir=data_dir, attacks=tuple(split_list(attack)),
                              n_images=n_images, budget=budget, within=within, k=k, feature_size=feature_size,
                              flag_after=flag_after, fpr=fpr, n_streams=n_streams, seed=seed)
         emit([{key: r[key] for key in ("kind", "n_streams", "flagged_fraction", "flagged_at_median", "flagged_at_max")}
@@ -44,8 +47,9 @@ def register(app: typer.Typer) -> None:
     @app.command("defense-tradeoff")
     @user_errors
     def defense_tradeoff(
-        run: Annotated[Path, typer.Option("--run", help="Run directory of the model.")],
         out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+        run: Annotated[str | None, typer.Option("--run", help="Run directory of the model.")] = None,
+        target: TargetOpt = None,
         dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
         data_dir: DataDir = None,
         nu: Annotated[str, typer.Option("--nu", help="RND noise levels.")] = "0,0.01,0.02,0.03,0.04,0.05,0.075,0.1,0.15,0.2",
@@ -61,7 +65,7 @@ def register(app: typer.Typer) -> None:
         """Clean accuracy and flip rate vs noise level for RND and DND; writes OUT/tradeoff.json/.md/.png."""
         from medshield import api
 
-        summary = api.defense_tradeoff(run, out, dataset=dataset, data_dir=data_dir, nu_grid=split_list(nu, float),
+        summary = api.defense_tradeoff(refs(run, target), out, dataset=dataset, data_dir=data_dir, nu_grid=split_list(nu, float),
                                        m_grid=split_list(m, float), n_grid=split_list(n, float), n_fixed=n_fixed,
                                        m_fixed=m_fixed, max_drop=max_drop, repeats=repeats, split=split, seed=seed)
         emit({"undefended_accuracy": summary["undefended_accuracy"], "chosen": summary["chosen"]})

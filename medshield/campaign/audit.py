@@ -10,6 +10,7 @@ import yaml
 
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.campaign.runner import run_campaign
+from medshield.targets import ref_name
 
 
 def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
@@ -28,7 +29,7 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     data = str(data_dir) if data_dir is not None else None
     res = run_campaign(cfg, runs, out, dataset, data)
     figures = make_figures(res, out, runs, dataset, data, cfg.seed)
-    names = ", ".join(Path(r).name for r in runs)
+    names = ", ".join(ref_name(r) for r in runs)
     dataset_name = res["clean"][0]["dataset"] if res["clean"] else (dataset or "")
     (out / "campaign.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
     if command is None:

@@ -11,17 +11,29 @@ from typing import Any
 
 import torch
 
+from medshield.targets import Target, open_target, ref_name
+from medshield.targets.data import load_target_data
 from medshield.types import to_jsonable
 
 TIMING_KEYS = frozenset({"seconds", "images_per_second", "source_seconds", "train_seconds"})
 
 
 @lru_cache(maxsize=8)
-def _load(run: str, dataset: str | None, data_dir: str | None, device: str = "cpu") -> tuple[Any, Any]:
-    from medshield.api import load_run_and_data
+def _load_target(run: str, dataset: str | None, data_dir: str | None, device: str = "cpu") -> tuple[Target, Any]:
+    """A run folder or target card, and its data (cached per process)."""
+    target = open_target(run, device)
+    return target, load_target_data(target, dataset, data_dir)
 
-    model, ds, _ = load_run_and_data(run, dataset, data_dir, device)
-    return model, ds
+
+def _load(run: str, dataset: str | None, data_dir: str | None, device: str = "cpu") -> tuple[Any, Any]:
+    """The prediction model (clean metrics, label-only attacks) and data of a run or card."""
+    target, ds = _load_target(run, dataset, data_dir, device)
+    return target.model, ds
+
+
+def model_label(target: Target) -> str:
+    """A run's architecture name, else the card's format."""
+    return str(getattr(getattr(target.model, "config", None), "name", None) or target.format)
 
 
 def derived_seed(seed: int, *parts: Any) -> int:
@@ -39,9 +51,9 @@ def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, s
     """Clean accuracy, sensitivity, specificity, AUC (bootstrap 95% CIs) of one model."""
     from medshield.api import evaluate_model
 
-    model, ds = _load(run, dataset, data_dir, device)
-    metrics = evaluate_model(model, ds, split, seed=seed, n_bootstrap=bootstrap)
-    return {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
+    target, ds = _load_target(run, dataset, data_dir, device)
+    metrics = evaluate_model(target.model, ds, split, seed=seed, n_bootstrap=bootstrap)
+    return {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
             "n": len(ds.split(split)), "classes": ds.class_names, "positive_class": ds.positive_class, **metrics}
 
 
@@ -51,11 +63,12 @@ def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
     from medshield.types import Norm
 
-    model, ds = _load(run, dataset, data_dir, device)
+    target, ds = _load_target(run, dataset, data_dir, device)
+    model = target.require_gradients()
     x, y = eval_images(ds, split, n_images, seed)
     job = WhiteboxJob(attacks=[attack], eps=list(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
                       attack_kwargs={"pgd": {"restarts": 1}})
-    meta = {"run": Path(run).name, "model": model.config.name, "dataset": ds.name, "split": split,
+    meta = {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
             "channels": ds.channels}
     return run_whitebox(model, x, y, job, positive_class=ds.positive_class, meta=meta)
 
@@ -69,13 +82,14 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
     from medshield.evaluation.whitebox import eps_label, run_batched
     from medshield.models import predict
 
-    src, ds = _load(source, dataset, data_dir, device)
-    models = {Path(t).name: _load(t, dataset, data_dir, device)[0] for t in targets}
-    check_compatible({Path(source).name: src, **models})
+    src_target, ds = _load_target(source, dataset, data_dir, device)
+    src = src_target.require_gradients()
+    models = {ref_name(t): _load(t, dataset, data_dir, device)[0] for t in targets}
+    check_compatible({ref_name(source): src, **models})
     x, y = eval_images(ds, split, n_images, seed)
     result = run_batched(create_attack(attack, norm=norm), src, x, y, eps, batch_size, seed)
     meta = {"attack": attack, "norm": norm, "dataset": ds.name, "split": split, "eps": eps, "eps_label": eps_label(eps)}
-    return [transfer_record(Path(source).name, name, y, predict(m, x), predict(m, result.adversarial), result.seconds,
+    return [transfer_record(ref_name(source), name, y, predict(m, x), predict(m, result.adversarial), result.seconds,
                             ds.positive_class, meta) for name, m in models.items()]
 
 
@@ -96,13 +110,13 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
                          norm=norm)
     base_fn = model_label_fn(model) if name != "none" else None
-    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{Path(run).name} #{shard}]",
+    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{ref_name(run)} #{shard}]",
                   base_fn)
     if shard:
         rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
     else:
         rec["first_image"] = x[0].flatten().tolist()
-    return {"run": Path(run).name, "attack": attack, "defense": defense, "shard": shard, "indices": indices,
+    return {"run": ref_name(run), "attack": attack, "defense": defense, "shard": shard, "indices": indices,
             "image_shape": list(x.shape[1:]), **rec}
 
 
@@ -116,7 +130,7 @@ def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, spli
     model, ds = _load(run, dataset, data_dir, device)
     name, params = parse_defense(defense)
     rec = defended_clean_metrics(model, ds, name, params, split=split, seed=derived_seed(seed, run, defense, "clean"))
-    return {"run": Path(run).name, **rec, "defense": defense}
+    return {"run": ref_name(run), **rec, "defense": defense}
 
 
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
@@ -165,4 +179,4 @@ def detection_job(run: str, dataset: str | None, data_dir: str | None, split: st
 
     model, ds = _load(run, dataset, data_dir, device)
     cfg = DetectionConfig(attacks=attacks, n_images=n_images, budget=budget, within=min(1000, budget), seed=seed)
-    return {"run": Path(run).name, **run_detection(model, ds, cfg, split=split)}
+    return {"run": ref_name(run), **run_detection(model, ds, cfg, split=split)}

@@ -10,6 +10,7 @@ not; times go to ``OUT/timings.json``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,30 @@ from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
 from medshield.models.checkpoint import write_json
 from medshield.report.schema import SCHEMA_VERSION
+from medshield.targets import GRADIENTS_UNAVAILABLE, ref_name
+
+log = logging.getLogger(__name__)
 
 JOBS = "medshield.campaign.jobs"
 
 
 def _name(run: str) -> str:
-    return Path(run).name
+    return ref_name(run)
+
+
+def is_run(ref: str) -> bool:
+    """A MedShield run folder (trainable, fine-tunable), as opposed to a target card."""
+    return (Path(ref) / "config.json").is_file()
+
+
+def has_gradients(ref: str, base: dict[str, Any]) -> bool:
+    """Whether white-box attacks can run on ``ref`` (loads it once per process)."""
+    from medshield.campaign.jobs import _load_target
+
+    target, _ = _load_target(ref, base["dataset"], base["data_dir"], base.get("device", "cpu"))
+    if not target.gradients:
+        log.warning("%s: %s", target.name, GRADIENTS_UNAVAILABLE)
+    return target.gradients
 
 
 def covers(names: list[str] | None, run: str) -> bool:
@@ -64,7 +83,7 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     for run in runs:
         if cfg.clean.enabled:
             jobs.append(Job(f"clean|{_name(run)}", f"{JOBS}:clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap}))
-        if cfg.whitebox.enabled:
+        if cfg.whitebox.enabled and has_gradients(run, base):
             wb = cfg.whitebox
             for attack in wb.attacks:
                 jobs.append(Job(f"whitebox|{_name(run)}|{attack}", f"{JOBS}:whitebox_job",
@@ -93,7 +112,7 @@ def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -
     eps = parse_eps(cfg.transfer.eps)[0]
     return [Job(f"transfer|{_name(src)}|{cfg.transfer.attack}|{eps:.8g}", f"{JOBS}:transfer_job",
                 {"source": src, "targets": models, **base, "attack": cfg.transfer.attack, "eps": eps, "norm": "linf",
-                 "n_images": cfg.transfer.n_images}) for src in models]
+                 "n_images": cfg.transfer.n_images}) for src in models if has_gradients(src, base)]
 
 
 def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int) -> list[int]:
@@ -137,7 +156,7 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
                  "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg)})
-            for run in runs if covers(d.runs, run) for defense in d.defenses]
+            for run in runs if covers(d.runs, run) and is_run(run) for defense in d.defenses]
 
 
 def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,
@@ -147,8 +166,8 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
     if not runs:
         raise MedShieldError("an audit needs at least one model: --run RUN")
     for run in runs:
-        if not (Path(run) / "config.json").is_file():
-            raise MedShieldError(f"{run} is not a trained run (no config.json)")
+        if not is_run(run) and not Path(run).is_file():
+            raise MedShieldError(f"{run} is neither a trained run (no config.json) nor a target card")
     validate(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

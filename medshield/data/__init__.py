@@ -10,7 +10,9 @@ from pathlib import Path
 
 from medshield.data.base import ENV_DATA_DIR, SPLITS, Dataset, ImageSet, resolve_data_dir, stratified_split
 from medshield.data.demo import chest_phantoms, load_demo
+from medshield.data.dicom import read_dicom
 from medshield.data.folders import load_breakhis, load_class_folders, load_covid_ct, load_kermany
+from medshield.data.manifest import load_manifest
 from medshield.data.medmnist import MEDMNIST_2D, download_medmnist, load_medmnist
 from medshield.errors import DataError
 from medshield.registry import unknown_name_message
@@ -37,9 +39,12 @@ def load_dataset(
     - a MedMNIST 2D name (``pneumoniamnist``…): ``DATA_DIR/<name>[_<size>].npz``.
     - ``chest_xray``/``covid_ct``/``breakhis``: ``DATA_DIR/<folder>`` (or ``DATA_DIR`` itself), images
       resized to ``size`` (default 224).
-    - ``folder``: any class-per-folder tree at ``DATA_DIR``.
+    - ``folder``: any class-per-folder tree at ``DATA_DIR`` (PNG/JPEG/DICOM).
+    - a path ending in ``.csv``: a CSV manifest (:mod:`medshield.data.manifest`), images resized to ``size``.
     """
     key = name.lower().strip()
+    if key.endswith(".csv"):
+        return load_manifest(Path(name), size=resize or size or 224, rgb=rgb, seed=seed)
     if key == "demo":
         return load_demo(size=size or resize or 28, seed=seed, rgb=rgb)
     root = resolve_data_dir(data_dir)
@@ -57,5 +62,5 @@ def load_dataset(
 __all__ = [
     "ENV_DATA_DIR", "SPLITS", "Dataset", "ImageSet", "chest_phantoms", "dataset_names", "download_medmnist",
     "load_breakhis", "load_class_folders", "load_covid_ct", "load_dataset", "load_demo", "load_kermany",
-    "load_medmnist", "resolve_data_dir", "stratified_split",
+    "load_manifest", "load_medmnist", "read_dicom", "resolve_data_dir", "stratified_split",
 ]

@@ -30,9 +30,9 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.data.ndim != 4:
             raise DataError(f"images must be [N, C, H, W], got shape {tuple(self.data.shape)}")
-        if self.labels.ndim != 1 or self.labels.shape[0] != self.data.shape[0]:
+        if self.labels.ndim not in (1, 2) or self.labels.shape[0] != self.data.shape[0]:
             raise DataError(
-                f"labels must be [N] with N={self.data.shape[0]}, got shape {tuple(self.labels.shape)}"
+                f"labels must be [N] (or [N, K] 0/1 findings) with N={self.data.shape[0]}, got shape {tuple(self.labels.shape)}"
             )
         if self.data.shape[1] not in (1, 3):
             raise DataError(f"images need 1 or 3 channels, got {self.data.shape[1]}")
@@ -74,6 +74,9 @@ class ImageSet:
         return ImageSet(self.data[index], self.labels[index], self.rgb)
 
     def class_counts(self, num_classes: int) -> list[int]:
+        """Images per class (multi-label: positives per finding)."""
+        if self.labels.ndim == 2:
+            return self.labels.sum(0).tolist()
         return torch.bincount(self.labels, minlength=num_classes).tolist()
 
 

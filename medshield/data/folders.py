@@ -11,9 +11,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from medshield.data.base import Dataset, ImageSet, stratified_split
+from medshield.data.dicom import DICOM_SUFFIXES, is_dicom, read_dicom
 from medshield.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES}
 
 
 def list_images(folder: Path, recursive: bool = True) -> list[Path]:
@@ -26,6 +27,9 @@ def read_images(paths: Sequence[Path], size: int, rgb: bool) -> torch.Tensor:
     mode = "RGB" if rgb else "L"
     out = np.empty((len(paths), size, size, 3 if rgb else 1), dtype=np.uint8)
     for i, path in enumerate(paths):
+        if is_dicom(path):
+            out[i] = dicom_uint8(path, size, rgb)
+            continue
         try:
             with Image.open(path) as im:
                 im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
@@ -33,6 +37,16 @@ def read_images(paths: Sequence[Path], size: int, rgb: bool) -> torch.Tensor:
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"cannot read image {path}: {exc}") from exc
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def dicom_uint8(path: Path, size: int, rgb: bool) -> np.ndarray:
+    """A DICOM image (windowed to [0, 1], see :func:`read_dicom`) as uint8 ``[size, size, C]``."""
+    arr = read_dicom(path)
+    if arr.ndim == 3 and not rgb:
+        arr = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    im = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    im = im.convert("RGB" if rgb else "L").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im).reshape(size, size, -1)
 
 
 def _require_dir(root: Path, what: str) -> None:

@@ -26,14 +26,18 @@ def check_compatible(models: Mapping[str, nn.Module]) -> None:
 
 def transfer_records(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, attack: Attack, eps: float,
                      *, positive_class: int | None = None, batch_size: int = 128, seed: int = 0,
-                     store: RecordStore | None = None, meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                     store: RecordStore | None = None, meta: Mapping[str, Any] | None = None,
+                     sources: Mapping[str, nn.Module] | None = None) -> list[dict[str, Any]]:
     """One record per (source, target): target accuracy on clean images and on the source's adversarials,
-    and the fraction of the target's correctly classified images that the transferred attack flips."""
+    and the fraction of the target's correctly classified images that the transferred attack flips.
+    ``sources`` (default ``models``): the differentiable models adversarials are made on; a target
+    without gradients (ONNX without conversion, a remote endpoint) is only a transfer target."""
     check_compatible(models)
+    sources = models if sources is None else sources
     clean = {name: predict(m, x) for name, m in models.items()}
     records: list[dict[str, Any]] = []
-    with progress_bar("transfer", len(models)) as advance:
-        for source, src_model in models.items():
+    with progress_bar("transfer", len(sources)) as advance:
+        for source, src_model in sources.items():
 
             def compute(source: str = source, src_model: nn.Module = src_model) -> list[dict[str, Any]]:
                 result = run_batched(attack, src_model, x, y, eps, batch_size, seed)

@@ -22,6 +22,7 @@ from medshield.report.panels import l2_vs_queries_panels, robust_vs_eps_panels
 from medshield.report.pdf import write_pdf
 from medshield.report.plots import heatmap
 from medshield.report.severity import (LEVELS, RANK, THREATS, WORD, Finding, findings, overall)
+from medshield.targets import ref_name
 
 
 def pct(v: float | None) -> str:
@@ -379,19 +380,19 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
     if wb:
         figs["robust_vs_eps"] = robust_vs_eps_panels(wb, out / "robust_vs_eps.png")
         for i, run in enumerate(runs):
-            name = Path(run).name
+            name = ref_name(run)
             if any(r["run"] == name for r in wb):
                 path = out / ("grid.png" if i == 0 else f"grid_{name}.png")
                 figs[f"grid|{name}"] = _grid(res, path, run, dataset, data_dir, seed)
-        if f"grid|{Path(runs[0]).name}" in figs:
-            figs["grid"] = figs[f"grid|{Path(runs[0]).name}"]
+        if f"grid|{ref_name(runs[0])}" in figs:
+            figs["grid"] = figs[f"grid|{ref_name(runs[0])}"]
     if res["transfer"]:
         names, matrix = accuracy_matrix(res["transfer"])
         figs["transfer"] = heatmap(matrix, names, names, out / "transfer.png", xlabel="target", ylabel="source",
                                    title="Target accuracy on source's adversarials")
     if res["blackbox"]:
         figs["l2_vs_queries"] = l2_vs_queries_panels(res["blackbox"], out / "l2_vs_queries.png", defense_names(res))
-        summary = strip_summary(res, Path(runs[0]).name)
+        summary = strip_summary(res, ref_name(runs[0]))
         if summary:
             figs["strips"] = plot_strips(summary, out / "strips.png")
     if res["defenses"]:
@@ -403,16 +404,16 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
 
 
 def _grid(res: dict[str, Any], path: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
-    from medshield.campaign.jobs import _load, eval_images
+    from medshield.campaign.jobs import _load_target, eval_images
     from medshield.evaluation.whitebox import WhiteboxJob, parse_eps
     from medshield.report.whitebox import write_grid
     from medshield.types import Norm
 
     cfg = res["config"]["whitebox"]
-    model, ds = _load(run, dataset, data_dir)
+    target, ds = _load_target(run, dataset, data_dir)
     x, y = eval_images(ds, res["config"]["split"], cfg["n_images"], seed)
     job = WhiteboxJob(attacks=cfg["attacks"], eps=parse_eps(cfg["eps"]), norm=Norm.parse(cfg["norm"]), seed=seed)
-    return write_grid(model, ds, x, y, job, path, Path(run).name, per_class=cfg["grid_images"])
+    return write_grid(target.require_gradients(), ds, x, y, job, path, ref_name(run), per_class=cfg["grid_images"])
 
 
 def versions() -> dict[str, str]:

@@ -18,10 +18,10 @@ A new source module registers itself on import: add it to the imports below.
 from medshield.targets import local  # noqa: F401  (registers the local sources)
 from medshield.targets.card import CardError, TargetCard, card_from_dict, card_from_run, dump_card, load_card
 from medshield.targets.source import SOURCE_INFO, SOURCES, LoadedNet, file_digest, register_source
-from medshield.targets.target import GRADIENTS_UNAVAILABLE, Target, build_target, open_target
+from medshield.targets.target import GRADIENTS_UNAVAILABLE, Target, build_target, open_target, ref_name
 
 __all__ = [
     "GRADIENTS_UNAVAILABLE", "SOURCES", "SOURCE_INFO", "CardError", "LoadedNet", "Target", "TargetCard",
     "build_target", "card_from_dict", "card_from_run", "dump_card", "file_digest", "load_card", "open_target",
-    "register_source",
+    "ref_name", "register_source",
 ]

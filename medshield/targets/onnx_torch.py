@@ -201,7 +201,7 @@ def _attributes(node: Any) -> dict[str, Any]:
 
 
 class OnnxModule(nn.Module):
-    """Runs an ONNX graph with PyTorch ops (differentiable w.r.t. the input); weights are buffers."""
+    """Runs an ONNX graph with PyTorch ops (differentiable w.r.t. the input); weights are frozen parameters."""
 
     def __init__(self, proto: Any) -> None:
         super().__init__()
@@ -214,7 +214,11 @@ class OnnxModule(nn.Module):
         self._names: dict[str, str] = {}
         for k, init in enumerate(graph.initializer):
             key = f"w{k}"
-            self.register_buffer(key, torch.from_numpy(numpy_helper.to_array(init).copy()))
+            value = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if value.is_floating_point():  # weights as (frozen) parameters, so .parameters() gives the device
+                self.register_parameter(key, nn.Parameter(value, requires_grad=False))
+            else:
+                self.register_buffer(key, value)
             self._names[init.name] = key
         inputs = [v.name for v in graph.input if v.name not in self._names]
         if len(inputs) != 1:

@@ -210,3 +210,13 @@ def open_target(ref: str | Path | TargetCard | Target, device: str | torch.devic
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
         return build_target(load_card(path), device)
     raise CardError(f"{path} not found: give a target card (.yaml) or a MedShield run folder")
+
+
+def ref_name(ref: str | Path | Target) -> str:
+    """The name records use for a target reference: a run folder's name, a card's ``name`` (else its stem)."""
+    if isinstance(ref, Target):
+        return ref.name
+    path = Path(ref)
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return load_card(path).label
+    return path.name
