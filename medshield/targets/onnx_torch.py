@@ -114,7 +114,7 @@ def _gather(i: list[Any], a: dict[str, Any]) -> list[Any]:
     axis = a.get("axis", 0) % x.ndim
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1).to(x.device))
-    return [out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])]
+    return [out.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]])]
 
 
 def _div(i: list[Any], a: dict[str, Any]) -> list[Any]:
@@ -177,6 +177,8 @@ OPS: dict[str, OpFn] = {
     "LeakyRelu": lambda i, a: [F.leaky_relu(i[0], a.get("alpha", 0.01))],
     "Elu": lambda i, a: [F.elu(i[0], a.get("alpha", 1.0))],
     "HardSigmoid": lambda i, a: [torch.clamp(a.get("alpha", 0.2) * i[0] + a.get("beta", 0.5), 0, 1)],
+    "InstanceNormalization": lambda i, a: [F.instance_norm(i[0], weight=i[1], bias=i[2], eps=a.get("epsilon", 1e-5))],
+    "PRelu": lambda i, a: [torch.where(i[0] >= 0, i[0], i[1] * i[0])],
     "Softmax": _softmax(False), "LogSoftmax": _softmax(True), "Clip": _clip,
     "Dropout": lambda i, a: [i[0]],
     "Flatten": lambda i, a: [i[0].reshape(math.prod(i[0].shape[:a.get("axis", 1)]), -1)],
@@ -208,7 +210,7 @@ class OnnxModule(nn.Module):
         from onnx import numpy_helper
 
         graph = proto.graph
-        unknown = sorted({n.op_type for n in graph.node if n.domain not in ("", "ai.onnx") or n.op_type not in OPS})
+        unknown = sorted({n.op_type for n in graph.node if n.domain not in ("", "ai.onnx") or (n.op_type not in OPS and n.op_type != "Constant")})
         if unknown:
             raise UnsupportedOnnx(f"operators without a PyTorch equivalent here: {', '.join(unknown)}")
         self._names: dict[str, str] = {}
