@@ -42,13 +42,13 @@ def _first(value: object) -> float:
 
 
 def window_linear(x: np.ndarray, center: float, width: float) -> np.ndarray:
-    """The DICOM linear VOI function (PS3.3 C.11.2.1.2.1) mapped to [0, 1]."""
+    """The DICOM linear VOI function (PS3.3 C.11.2.1.2.1) mapped to [0, 1] (float64)."""
     if width < 1:
         raise DataError(f"window width must be >= 1, got {width}")
     if width == 1:
-        return (x >= center - 0.5).astype(np.float32)
+        return (x >= center - 0.5).astype(np.float64)
     y = (x - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(y, 0.0, 1.0).astype(np.float32)
+    return np.clip(y, 0.0, 1.0)
 
 
 def read_dicom(path: Path, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -93,5 +93,5 @@ def read_dicom(path: Path, window: tuple[float, float] | None = None) -> np.ndar
         bits, signed = int(ds.get("BitsStored", 16)), int(ds.get("PixelRepresentation", 0)) == 1
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
         lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
-        out = np.clip((values - lo) / (hi - lo), 0, 1).astype(np.float32)
-    return 1.0 - out if photometric == "MONOCHROME1" else out
+        out = np.clip((values - lo) / (hi - lo), 0, 1)
+    return (1.0 - out if photometric == "MONOCHROME1" else out).astype(np.float32)
