@@ -129,7 +129,7 @@ def test_contract_card_check_and_attack(exported: dict, tmp_path: Path) -> None:
     assert report["target"]["runs_model_code"] is True and report["target"]["format"] == "torchscript"
     out = tmp_path / "wb"
     r = runner.invoke(app, ["attack", "--target", str(card), "--dataset", "pneumoniamnist", "--data-dir",
-                            str(exported["data"]), "--attack", "pgd", "--eps", "8/255", "--n", "64", "--out", str(out)])
+                            str(exported["data"]), "--attack", "pgd", "--eps", "8/255", "--n", "64", "--steps", "10", "--out", str(out)])
     assert r.exit_code == 0, _err(r)
     records = json.loads((out / "whitebox.json").read_text())
     assert records[0]["run"] == "card" and records[0]["attack"] == "pgd" and records[0]["eps"] == pytest.approx(8 / 255)
@@ -155,7 +155,8 @@ def test_pgd_identical_python_torchscript_onnx(exported: dict, tmp_path: Path) -
     robust = {}
     for name in ("python", "torchscript", "onnx"):
         recs = api.attack(str(exported["cards"][name]), tmp_path / name, dataset="pneumoniamnist",
-                          data_dir=exported["data"], attacks="pgd", eps="8/255", n=120, grid=False)
+                          data_dir=exported["data"], attacks="pgd", eps="8/255", n=100, grid=False,
+                          attack_kwargs={"pgd": {"steps": 10}})
         robust[name] = recs[0]["robust_accuracy"]
     assert robust["python"] == robust["torchscript"], robust
     assert abs(robust["onnx"] - robust["python"]) <= 0.01, robust
@@ -172,18 +173,18 @@ def test_hsja_l2_identical_in_process_and_onnxruntime(exported: dict) -> None:
     assert type(ort.model.net[0]).__name__ == "OrtNet"  # predictions really go through onnxruntime
     ds = load_target_data(py, "pneumoniamnist", exported["data"])
     part = ds.split("test")
-    idx = torch.arange(0, 32, 4)
+    idx = torch.arange(0, 28, 4)
     x, y = part.images(idx), part.labels[idx]
     with torch.no_grad():
         lp, lo = py.model(x), ort.model(x)
     assert float((lp - lo).abs().max()) < 1e-5 and float((lp[:, 1] - lp[:, 0]).abs().min()) > 1e-3
     keep = model_label_fn(py.model)(x) == y
     x, y = x[keep], y[keep]
-    cfg = BlackboxConfig(attacks=["hsja"], budgets=[200], n_images=len(y), seed=0, norm="l2")
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[150], n_images=len(y), seed=0, norm="l2")
     a = run_job("hsja", model_label_fn(py.model), x, y, cfg, 7, "py")
     b = run_job("hsja", model_label_fn(ort.model), x, y, cfg, 7, "ort")
     assert len(y) >= 5 and a["l2"] == b["l2"] and a["queries"] == b["queries"] and a["sent_attack"] == b["sent_attack"]
-    assert sum(np.isfinite(a["l2"]["200"])) >= 4
+    assert sum(np.isfinite(a["l2"]["150"])) >= 4
 
 
 def test_onnx_without_conversion_runs_label_only(exported: dict, tmp_path: Path) -> None:

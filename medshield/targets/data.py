@@ -73,14 +73,14 @@ def fit_data(target: Target, ds: Dataset) -> Dataset:
     """Check ``ds`` fits ``target`` (image shape, number of classes/findings); the card's positive class wins."""
     if ds.channels != target.channels or ds.image_size != target.image_size:
         raise MedShieldError(
-            f"{ds.name} gives {ds.channels}x{ds.image_size}x{ds.image_size} images but {target.name} expects "
-            f"{target.channels}x{target.image_size}x{target.image_size}; pass matching --size/--rgb")
+            f"{ds.name} gives {ds.channels}x{ds.image_size}x{ds.image_size} images but the model expects "
+            f"{target.channels}x{target.image_size}x{target.image_size} ({target.name}); pass matching --size/--rgb")
     multilabel = ds.test.labels.ndim == 2
     if (target.task == "multilabel") != multilabel:
         raise MedShieldError(f"{ds.name} is {'multi' if multilabel else 'single'}-label but {target.name}'s task is {target.task}")
     if ds.num_classes != len(target.class_names):
-        raise MedShieldError(f"{ds.name} has {ds.num_classes} classes but {target.name} predicts "
-                             f"{len(target.class_names)} ({', '.join(target.class_names)})")
+        raise MedShieldError(f"{ds.name} has {ds.num_classes} classes but the model predicts "
+                             f"{len(target.class_names)} ({target.name}: {', '.join(target.class_names)})")
     if [c.lower() for c in ds.class_names] != [c.lower() for c in target.class_names] and target.format != "medshield_run":
         log.warning("%s: class names %s differ from the card's %s; label k is taken to mean the card's class k",
                     ds.name, ds.class_names, target.class_names)
