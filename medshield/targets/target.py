@@ -205,6 +205,8 @@ def open_target(ref: str | Path | TargetCard | Target, device: str | torch.devic
     if isinstance(ref, TargetCard):
         return build_target(ref, device)
     path = Path(ref).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "configs").is_dir():
+        raise CardError(f"{path} looks like a MONAI bundle: write a card with model: {{format: monai_bundle, path: {path}}}")
     if path.is_dir():
         return build_target(card_from_run(path), device or "cpu")
     if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
