@@ -552,7 +552,7 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
     import os
 
     from medshield.evaluation.blackbox import run_blackbox
-    from medshield.server.client import RemoteClassifier
+    from medshield.targets.medshield_api import RemoteClassifier
 
     key = api_key or os.environ.get("MEDSHIELD_API_KEY")
     if not key:
