@@ -21,6 +21,7 @@ from medshield.models.factory import ModelConfig
 from medshield.models.train import STATE_DIR, BatchHook, TrainConfig, train_model
 from medshield.targets import GRADIENTS_UNAVAILABLE, Target, open_target
 from medshield.targets.data import data_options, load_target_data, run_config
+from medshield.targets.remote import remote_counts
 
 log = logging.getLogger(__name__)
 
@@ -536,8 +537,11 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
         system, ds = load_target_and_data(run, dataset, data_dir, device)
+        before = remote_counts(system.model)
         summary = run_blackbox(system.model, ds.split(split), out, cfg, positive_class=ds.positive_class, surrogate=substitute)
         summary["target_identity"] = system.identity()
+        if before is not None:  # a remote target: what went over the network during this run
+            summary["remote"] = {k: v - before[k] for k, v in (remote_counts(system.model) or before).items()}
     summary.update(run=str(run) if run else None, dataset=ds.name, split=split)
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")

@@ -107,3 +107,46 @@ def mlserver_torchscript(model_file: Path, workdir: Path, name: str = "classifie
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def fake_oip_app(model: "torch.nn.Module", name: str = "tiny", labels_only: bool = False,  # noqa: F821
+                 mean: float = 0.0, std: float = 1.0):  # noqa: ANN201
+    """A minimal Open Inference Protocol server in FastAPI around a pixel-space model (fast tests; the real
+    MLServer test is in test_oip.py). It undoes ``(x - mean) / std`` and counts images in ``app.state.served``."""
+    import numpy as np
+    import torch
+    from fastapi import FastAPI, HTTPException
+
+    app = FastAPI()
+    app.state.served = 0
+
+    @app.get("/v2/health/ready")
+    def ready() -> dict:
+        return {"ready": True}
+
+    @app.get(f"/v2/models/{name}")
+    def metadata() -> dict:
+        return {"name": name, "versions": ["1"], "platform": "pytorch",
+                "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}]}
+
+    @app.post("/v2/models/{model_name}/infer")
+    def infer(model_name: str, body: dict) -> dict:
+        if model_name != name:
+            raise HTTPException(404, f"Model {model_name} not found")
+        tensor = body["inputs"][0]
+        if tensor["name"] != "pixels" or tensor["datatype"] != "FP32":
+            raise HTTPException(400, f"unexpected input {tensor['name']}/{tensor['datatype']}")
+        x = torch.from_numpy(np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"]))
+        with torch.no_grad():
+            logits = model(x * std + mean)
+        app.state.served += x.shape[0]
+        if labels_only:
+            lab = logits.argmax(1)
+            return {"model_name": name, "outputs": [{"name": "label", "shape": [x.shape[0]], "datatype": "INT64",
+                                                     "data": lab.tolist()}]}
+        return {"model_name": name, "outputs": [
+            {"name": "probs", "shape": list(logits.shape), "datatype": "FP32", "data": logits.softmax(1).flatten().tolist()},
+            {"name": "logits", "shape": list(logits.shape), "datatype": "FP32", "data": logits.flatten().tolist()}]}
+
+    return app

@@ -16,6 +16,7 @@ A new source module registers itself on import: add it to the imports below.
 """
 
 from medshield.targets import local  # noqa: F401  (registers the local sources)
+from medshield.targets import remote_sources  # noqa: F401  (registers oip, http, medshield_api)
 from medshield.targets.card import CardError, TargetCard, card_from_dict, card_from_run, dump_card, load_card
 from medshield.targets.source import SOURCE_INFO, SOURCES, LoadedNet, file_digest, register_source
 from medshield.targets.target import GRADIENTS_UNAVAILABLE, Target, build_target, open_target, ref_name

@@ -16,7 +16,7 @@ the response's outputs are found at a dotted path (``predictions``, ``result.sco
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,16 +35,14 @@ class JsonApiModel(RemoteModel):
 
     def __init__(self, url: str, request: Any = None, response: str = "predictions", layout: Layout = "NCHW",
                  output_kind: OutputKind = "logits", headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0, batch_size: int = 64, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, retries: int = 0, http: Any = None) -> None:
+                 timeout: float = 30.0, batch_size: int = 64, retries: int = 0, http: Any = None) -> None:
         request = {"instances": IMAGES} if request is None else request
         if _count(request, IMAGES) != 1:
             raise MedShieldError(f"model.request must contain the placeholder {IMAGES!r} exactly once, "
                                  f"got {_count(request, IMAGES)}")
         if not response or not isinstance(response, str):
             raise MedShieldError("model.response must be a dotted path to the outputs, e.g. 'predictions'")
-        super().__init__(HttpTransport(url, headers, timeout, retries, http), batch_size, layout, output_kind,
-                         mean, std)
+        super().__init__(HttpTransport(url, headers, timeout, retries, http), batch_size, layout, output_kind)
         self.template, self.path = request, response
 
     def request_body(self, batch: np.ndarray) -> Any:

@@ -43,20 +43,20 @@ class RemoteClassifier(RemoteModel):
 
     def __init__(self, url: str, api_key: str, batch_size: int = 64, timeout: float = 30.0,
                  wait_on_rate_limit: bool = False, max_wait: float = 60.0, http: Any = None,
-                 retries: int = 0) -> None:
+                 retries: int = 0, returns: str = "labels") -> None:
         if not api_key:
             raise MedShieldError("a MedShield API target needs an API key (model.api_key_env names its variable)")
         transport = HttpTransport(url, {KEY_HEADER: api_key}, timeout, retries, http)
-        super().__init__(transport, batch_size, layout="NCHW", output_kind="labels")
+        if returns not in ("labels", "scores"):
+            raise MedShieldError(f"returns must be 'labels' or 'scores', got {returns!r}")
+        super().__init__(transport, batch_size, layout="NCHW",
+                         output_kind="probabilities" if returns == "scores" else "labels")
         self.wait_on_rate_limit, self.max_wait = wait_on_rate_limit, max_wait
         self._info: dict[str, Any] | None = None
 
     @property
-    def url(self) -> str:
-        return self.transport.url
-
-    @property
     def has_scores(self) -> bool:
+        """Whether the deployment exposes scores (``medshield serve --allow-scores``)."""
         return bool(self.info().get("scores_exposed"))
 
     def info(self) -> dict[str, Any]:
@@ -72,9 +72,11 @@ class RemoteClassifier(RemoteModel):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[N, K]``; raises if the deployment does not expose scores."""
-        return self._batched(x, self._infer_scores, labels=False)
+        return self._batched(x, self._infer_scores)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        if self.output_kind == "probabilities":
+            return self._infer_scores(batch)
         return numeric_array(self._predict(batch).get("labels"), f"POST {self.url}/v1/predict")
 
     def _infer_scores(self, batch: np.ndarray) -> np.ndarray:

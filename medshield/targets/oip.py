@@ -15,7 +15,7 @@ The answer's ``outputs`` entry named ``output`` (or the first) is read as ``[n, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,14 +40,12 @@ class OIPModel(RemoteModel):
     def __init__(self, url: str, model: str, version: str | None = None, input: str | None = None,
                  datatype: str = "FP32", layout: Layout = "NCHW", output: str | None = None,
                  output_kind: OutputKind = "logits", headers: Mapping[str, str] | None = None,
-                 timeout: float = 30.0, batch_size: int = 64, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, retries: int = 0, http: Any = None) -> None:
+                 timeout: float = 30.0, batch_size: int = 64, retries: int = 0, http: Any = None) -> None:
         if datatype not in DATATYPES:
             raise MedShieldError(f"OIP datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
         if not model:
             raise MedShieldError("an OIP target needs the model's name (model.name in the card)")
-        super().__init__(HttpTransport(url, headers, timeout, retries, http), batch_size, layout, output_kind,
-                         mean, std)
+        super().__init__(HttpTransport(url, headers, timeout, retries, http), batch_size, layout, output_kind)
         self.model, self.version, self.datatype, self.output = model, version, datatype, output
         self._input = input
         self._metadata: dict[str, Any] | None = None
