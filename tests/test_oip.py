@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
+from medshield import api
 from medshield.attacks.decision.hsja import HopSkipJump
 from medshield.attacks.decision.oracle import LabelOracle, model_label_fn
 from medshield.data import load_dataset
@@ -59,26 +61,38 @@ def served(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):  # noqa
     model, xt, yt = _plain_training(shared_data)
     torch.jit.trace(model, xt[:2]).save(str(tmp / "model.pt"))
     with mlserver_torchscript(tmp / "model.pt", tmp) as server:
-        yield server, model, xt, yt
+        yield server, model, xt, yt, tmp / "model.pt"
 
 
-def test_oip_metadata_outputs_and_errors(served) -> None:  # noqa: ANN001
-    server, model, xt, _ = served
+def test_oip_card_metadata_outputs_and_errors(served, tmp_path: Path, shared_data: Path) -> None:  # noqa: ANN001
+    server, model, xt, _, model_file = served
     server.reset_counts()
     remote = OIPModel(server.url, server.model, output="logits", batch_size=64)
     assert remote.ready() and remote.metadata()["name"] == server.model
     with torch.no_grad():
         local = model(xt)
-    assert torch.equal(remote.scores(xt), local)  # float32 through JSON is exact
+    torch.testing.assert_close(remote.scores(xt), local, rtol=0, atol=1e-6)
     assert (remote.queries, remote.requests) == (200, 4) == (server.images_answered(), server.infer_requests())
     with pytest.raises(Exception, match="HTTP 404: .*not found"):
         OIPModel(server.url, "no-such-model").labels(xt[:1])
     with pytest.raises(Exception, match="no output named 'probs'"):
         OIPModel(server.url, server.model, output="probs").labels(xt[:1])
+    # the same model as a card: `medshield target check` through the server = the TorchScript file in process
+    output = {"kind": "logits", "task": "binary", "classes": ["normal", "pneumonia"], "outputs": 2}
+    cards = {"oip": {"format": "oip", "url": server.url, "name": server.model, "output_name": "logits", "batch_size": 256},
+             "torchscript": {"format": "torchscript", "path": str(model_file)}}
+    checks = {}
+    for name, spec in cards.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"model": spec, "input": {"size": 28, "channels": 1},
+                                                               "output": output}))
+        checks[name] = api.target_check(tmp_path / f"{name}.yaml", dataset="pneumoniamnist", data_dir=shared_data)
+    assert checks["oip"]["test"]["accuracy"] == checks["torchscript"]["test"]["accuracy"] > 0.7
+    assert checks["oip"]["test"]["auc"] == pytest.approx(checks["torchscript"]["test"]["auc"], abs=1e-6)
+    assert not checks["oip"]["target"]["gradients"] and checks["oip"]["target"]["remote"]
 
 
 def test_hsja_identical_in_process_and_through_mlserver(served) -> None:  # noqa: ANN001
-    server, model, xt, yt = served
+    server, model, xt, yt, _ = served
     label_fn = model_label_fn(model, batch_size=BATCH)
     keep = torch.nonzero(label_fn(xt) == yt).squeeze(1)[:3]
     x, y, budgets = xt[keep], yt[keep], [100, 250]

@@ -88,3 +88,54 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, positive_class: int | None, n: in
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, k: int) -> np.ndarray:
     """``[true, predicted]`` counts."""
     return np.bincount(labels * k + preds, minlength=k * k).reshape(k, k)
+
+
+# ---- multi-label (one sigmoid per finding) ----
+
+FINDING_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
+
+
+def finding_point_metrics(positive: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """One finding: AUC of ``scores`` and sensitivity/specificity/accuracy of ``scores >= threshold``."""
+    pred = scores >= threshold
+    return {"auc": binary_auc(scores, positive),
+            "sensitivity": _ratio((pred & positive).sum(), positive.sum()),
+            "specificity": _ratio((~pred & ~positive).sum(), (~positive).sum()),
+            "accuracy": float((pred == positive).mean()) if positive.size else float("nan")}
+
+
+def multilabel_metrics(
+    labels: torch.Tensor | np.ndarray,
+    probs: torch.Tensor | np.ndarray,
+    names: list[str],
+    thresholds: list[float] | float = 0.5,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Per-finding clinical metrics of a multi-label classifier, with percentile-bootstrap 95% CIs.
+
+    ``labels`` ``[N, K]`` 0/1 and ``probs`` ``[N, K]`` sigmoid probabilities; each finding is decided
+    at its threshold (the card's ``output.thresholds``). Returns ``{"n", "findings": {name: {"auc",
+    "sensitivity", "specificity", "accuracy", "threshold", "prevalence", "ci": {metric: [lo, hi]}}},
+    "macro": {metric: mean over findings}, "exact_match"}`` (exact match: every finding right).
+    The bootstrap resamples images (rows), so the CIs keep the findings' correlation.
+    """
+    y = np.asarray(labels).astype(bool)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or p.shape != y.shape or y.shape[1] != len(names):
+        raise ValueError(f"labels and probs must both be [N, {len(names)}], got {y.shape} and {p.shape}")
+    t = np.full(len(names), float(thresholds)) if np.isscalar(thresholds) else np.asarray(thresholds, dtype=np.float64)
+    findings: dict[str, dict[str, object]] = {}
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, y.shape[0], y.shape[0]) for _ in range(n_bootstrap if y.shape[0] > 1 else 0)]
+    for k, name in enumerate(names):
+        point: dict[str, object] = dict(finding_point_metrics(y[:, k], p[:, k], t[k]))
+        point.update(threshold=float(t[k]), prevalence=float(y[:, k].mean()) if y.size else float("nan"))
+        if draws:
+            samples = [finding_point_metrics(y[idx, k], p[idx, k], t[k]) for idx in draws]
+            point["ci"] = {m: [float(np.nanpercentile([s[m] for s in samples], 2.5)),
+                               float(np.nanpercentile([s[m] for s in samples], 97.5))] for m in FINDING_METRICS}
+        findings[name] = point
+    macro = {m: float(np.nanmean([float(f[m]) for f in findings.values()])) for m in FINDING_METRICS}  # type: ignore[arg-type]
+    exact = float(((p >= t) == y).all(1).mean()) if y.size else float("nan")
+    return {"n": int(y.shape[0]), "findings": findings, "macro": macro, "exact_match": exact}
