@@ -21,6 +21,7 @@ from medshield.models.factory import ModelConfig
 from medshield.models.train import STATE_DIR, BatchHook, TrainConfig, train_model
 from medshield.targets import GRADIENTS_UNAVAILABLE, Target, open_target
 from medshield.targets.data import data_options, load_target_data, run_config
+from medshield.targets.medshield_api import RemoteClassifier
 from medshield.targets.remote import remote_counts
 
 log = logging.getLogger(__name__)
@@ -556,7 +557,6 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
     import os
 
     from medshield.evaluation.blackbox import run_blackbox
-    from medshield.targets.medshield_api import RemoteClassifier
 
     key = api_key or os.environ.get("MEDSHIELD_API_KEY")
     if not key:

@@ -126,3 +126,38 @@ def test_label_only_hide_one_finding(mosaic_model) -> None:  # noqa: ANN001
     assert records[0]["median_l2"] >= last["median_l2"]  # more queries, closer adversarials
     print(f"\nlabel-only hide {names[0]} (HSJA, keep others): success {last['success_rate']:.2f}, "
           f"median L2 {records[0]['median_l2']:.2f} at 150 -> {last['median_l2']:.2f} at 400 queries")
+
+
+def test_target_check_reports_findings_of_a_multilabel_card(mosaic_model, tmp_path: Path) -> None:  # noqa: ANN001
+    """A TorchScript multi-label model + a CSV manifest of PNG mosaics (one 0/1 column per finding):
+    `target check` reports per-finding AUC/sensitivity/specificity equal to the in-process metrics."""
+    import csv
+
+    import yaml
+    from PIL import Image
+
+    from medshield import api
+
+    model, x, y, names = mosaic_model
+    torch.jit.trace(model.net, x[:2]).save(str(tmp_path / "model.pt"))
+    rows = []
+    for i in range(60):
+        Image.fromarray((x[i, 0] * 255).round().byte().numpy()).save(tmp_path / f"m{i}.png")
+        rows.append({"path": f"m{i}.png", **{n: int(v) for n, v in zip(names, y[i].tolist())},
+                     "split": "test" if i < 40 else ("val" if i < 50 else "train")})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    card = {"model": {"format": "torchscript", "path": "model.pt"},
+            "input": {"size": 56, "channels": 1, "mean": [0.5], "std": [0.5]},
+            "output": {"kind": "logits", "task": "multilabel", "classes": names, "thresholds": 0.5}}
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    check = api.target_check(tmp_path / "card.yaml", manifest=tmp_path / "labels.csv")
+    ours = clean_finding_metrics(model, x[:40], y[:40], names, 0.5)
+    for name in names:
+        got = check["test"]["findings"][name]
+        assert got["auc"] == pytest.approx(ours["findings"][name]["auc"], abs=1e-9)
+        assert (got["sensitivity"], got["specificity"]) == (ours["findings"][name]["sensitivity"],
+                                                            ours["findings"][name]["specificity"])
+    assert check["test"]["accuracy"] == pytest.approx(ours["exact_match"])

@@ -16,7 +16,7 @@ from torch import nn
 
 from medshield.data import Dataset
 from medshield.evaluation.checks import check_softmax_output, check_zero_gradients
-from medshield.evaluation.metrics import classification_metrics
+from medshield.evaluation.metrics import classification_metrics, multilabel_metrics as finding_metrics
 from medshield.models import predict, probabilities
 from medshield.models.bounded import eval_mode
 from medshield.targets import Target
@@ -37,11 +37,11 @@ def raw_outputs(target: Target, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def multilabel_metrics(target: Target, labels: torch.Tensor, logits: torch.Tensor) -> dict[str, Any]:
-    """Per-finding accuracy at the card's thresholds (the full per-finding report lives with multi-label support)."""
-    thresholds = torch.tensor(target.card.output.threshold_list())
-    preds = (torch.sigmoid(logits) >= thresholds).long()
-    per = {name: float((preds[:, k] == labels[:, k]).double().mean()) for k, name in enumerate(target.class_names)}
-    return {"accuracy": float((preds == labels).all(1).double().mean()), "per_finding_accuracy": per}
+    """Exact-match ``accuracy`` (every finding right), per-finding accuracy, and per finding AUC,
+    sensitivity and specificity at the card's thresholds with bootstrap CIs (``findings``, ``macro``)."""
+    m = finding_metrics(labels, torch.sigmoid(logits), target.class_names, target.card.output.threshold_list())
+    per = {name: f["accuracy"] for name, f in m["findings"].items()}  # type: ignore[index]
+    return {"accuracy": m["exact_match"], "per_finding_accuracy": per, "findings": m["findings"], "macro": m["macro"]}
 
 
 def check_target(target: Target, ds: Dataset, split: str = "test", n: int | None = None,
