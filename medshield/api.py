@@ -15,6 +15,10 @@ import torch
 from medshield.data import Dataset, load_dataset
 from medshield.errors import MedShieldError
 from medshield.evaluation.metrics import classification_metrics
+from medshield.evaluation.multilabel import (
+    FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
+)
+from medshield.evaluation.whitebox import parse_eps
 from medshield.models import BoundedModel, create_model, load_run, predict, probabilities
 from medshield.models.checkpoint import CONFIG_FILE, MODEL_FILE, read_json, write_json
 from medshield.models.factory import ModelConfig
@@ -607,4 +611,36 @@ def defense_tradeoff(run: str | Path, out: str | Path, dataset: str | None = Non
     write_json(out / "tradeoff.json", summary)
     (out / "tradeoff.md").write_text(tradeoff_markdown(summary))
     plot_tradeoff(summary, out / "tradeoff.png")
+    return summary
+
+
+# ---- multi-label targets: per-finding metrics and attacks (issue 14) ----
+
+def findings(ref: str | Path | Target, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
+             manifest: str | Path | None = None, split: str = "test", n_images: int | None = 50,
+             eps: str | list[float] = "2/255,4/255,8/255", budgets: list[int] | None = None,
+             modes: tuple[str, ...] = ("hide", "add"), steps: int = 20, label_only: bool = True,
+             seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
+    """Per-finding evaluation of a multi-label target: clean metrics per finding at the card's thresholds
+    (with bootstrap CIs) on the whole split, then hide/add-one-finding attacks on ``n_images`` of it
+    (white-box where gradients exist; label-only at ``budgets``); writes ``OUT/findings.json``."""
+    target, ds = load_target_and_data(ref, dataset, data_dir, device, manifest)
+    if target.task != "multilabel":
+        raise MedShieldError(f"{target.name} is a {target.task} classifier; findings needs output.task: multilabel")
+    names, thresholds = target.class_names, target.card.output.threshold_list()
+    part = ds.split(split)
+    clean = clean_finding_metrics(target.model, part.images(), part.labels, names, thresholds, seed=seed)
+    x, _ = _eval_images(ds, split, n_images, seed)
+    cfg = FindingAttackConfig(eps=parse_eps(eps), modes=modes, steps=steps, budgets=budgets or [500, 1000], seed=seed)
+    summary: dict[str, Any] = {"target": target.identity(), "dataset": ds.name, "split": split, "findings": names,
+                               "thresholds": thresholds, "clean": clean, "whitebox": [], "blackbox": []}
+    if target.white_box is not None:
+        summary["whitebox"] = finding_whitebox_records(target.white_box, x, names, thresholds, cfg)
+    else:
+        summary["whitebox_skipped"] = GRADIENTS_UNAVAILABLE
+    if label_only:
+        summary["blackbox"] = finding_blackbox_records(target.model, x, names, thresholds, cfg, pool=part.images())
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "findings.json", summary)
     return summary

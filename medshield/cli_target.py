@@ -48,6 +48,42 @@ def register(app: typer.Typer) -> None:
         emit(api.target_check(card, dataset=dataset, data_dir=data_dir, manifest=manifest, split=split, n=n,
                               device=device))
 
+    @group.command("findings")
+    @user_errors
+    def findings(
+        card: Annotated[Path, typer.Argument(help="A multi-label target card YAML.")],
+        out: Annotated[Path, typer.Option("--out", help="Output folder (findings.json).")],
+        dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset name or a .csv manifest with one 0/1 column per finding.")] = None,
+        data_dir: DataDir = None,
+        manifest: Annotated[Path | None, typer.Option("--manifest", help="CSV manifest with one 0/1 column per finding.")] = None,
+        eps: Annotated[str, typer.Option(help="White-box L-inf budgets, comma-separated (8/255 style).")] = "2/255,4/255,8/255",
+        budgets: Annotated[str, typer.Option(help="Label-only query budgets, comma-separated.")] = "500,1000",
+        n_images: Annotated[int, typer.Option("--n-images", help="Images attacked (the clean metrics use the whole split).")] = 50,
+        modes: Annotated[str, typer.Option(help="hide, add or hide,add.")] = "hide,add",
+        label_only: Annotated[bool, typer.Option("--label-only/--no-label-only", help="Also run label-only (HSJA) attacks.")] = True,
+        seed: Annotated[int, typer.Option(help="Seed for the image choice and the attacks.")] = 0,
+        device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto (default: the card's).")] = None,
+    ) -> None:
+        """Multi-label targets: per-finding AUC/sensitivity/specificity, and attacks that hide or add one
+        finding while the others stay unchanged; writes OUT/findings.json."""
+        from medshield import api
+
+        try:
+            budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        except ValueError:
+            raise MedShieldError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+        mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+        if not mode_list or any(m not in ("hide", "add") for m in mode_list):
+            raise MedShieldError(f"--modes must be hide, add or hide,add; got {modes!r}")
+        summary = api.findings(card, out, dataset=dataset, data_dir=data_dir, manifest=manifest, n_images=n_images,
+                               eps=eps, budgets=budget_list, modes=mode_list, label_only=label_only, seed=seed,
+                               device=device)
+        emit({"clean": {n: {k: f[k] for k in ("auc", "sensitivity", "specificity")}
+                        for n, f in summary["clean"]["findings"].items()},
+              "whitebox": [{k: r[k] for k in ("finding", "mode", "eps", "success_rate", "others_unchanged_rate")}
+                           for r in summary["whitebox"]],
+              "out": str(out)})
+
     @group.command("formats")
     def formats() -> None:
         """List model formats and whether loading runs the model's own code."""

@@ -161,3 +161,21 @@ def test_target_check_reports_findings_of_a_multilabel_card(mosaic_model, tmp_pa
         assert (got["sensitivity"], got["specificity"]) == (ours["findings"][name]["sensitivity"],
                                                             ours["findings"][name]["specificity"])
     assert check["test"]["accuracy"] == pytest.approx(ours["exact_match"])
+    # the CLI: per-finding metrics and a hide-one-finding attack into OUT/findings.json
+    import json
+
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+
+    r = CliRunner().invoke(app, ["target", "findings", str(tmp_path / "card.yaml"), "--manifest", str(tmp_path / "labels.csv"),
+                                 "--out", str(tmp_path / "f"), "--eps", "8/255", "--n-images", "12", "--modes", "hide",
+                                 "--no-label-only"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "f" / "findings.json").read_text())
+    assert [w["finding"] for w in saved["whitebox"]] == [n for n in names if any(w["finding"] == n for w in saved["whitebox"])]
+    assert saved["clean"]["findings"][names[0]]["auc"] == pytest.approx(ours["findings"][names[0]]["auc"])
+    assert all(w["mode"] == "hide" and w["eps"] == pytest.approx(8 / 255) for w in saved["whitebox"]) and saved["whitebox"]
+    bad = CliRunner().invoke(app, ["target", "findings", str(tmp_path / "card.yaml"), "--manifest", str(tmp_path / "labels.csv"),
+                                   "--out", str(tmp_path / "g"), "--modes", "remove"])
+    assert bad.exit_code == 2 and "--modes must be hide" in bad.output
