@@ -88,7 +88,7 @@ def _width(card: TargetCard, label_only: bool) -> int | None:
 
 
 def _loaded(card: TargetCard, remote: RemoteModel, notes: dict[str, Any]) -> LoadedNet:
-    label_only = not remote.has_scores if isinstance(remote, RemoteClassifier) else remote.output_kind == "labels"
+    label_only = remote.output_kind == "labels"
     width = _width(card, label_only)
     net = RemoteNet(remote, width, card.output.kind, card.output.task)
     access = "labels only" if label_only else "scores"
