@@ -154,6 +154,7 @@ def audit(
     seed: Annotated[int | None, typer.Option(help="Campaign seed (overrides the config).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the default campaign YAML and exit.")] = False,
     fail_on: FailOn = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute jobs whose stored results came from other inputs.")] = False,
 ) -> None:
     """One-command security audit: clean metrics, white-box, transfer, black-box with and without
     RND/DND, detection (and training defenses if the config asks); writes OUT/report.html, report.pdf,
@@ -170,7 +171,8 @@ def audit(
         return
     models = refs(run, target, "--run RUN (a folder written by medshield train) or --target CARD")
     res = api.audit([r.strip() for r in models.split(",") if r.strip()], out, dataset=dataset, data_dir=data_dir,
-                    config=config, executor=executor, workers=workers, address=address, seed=seed)
+                    config=config, executor=executor, workers=workers, address=address, seed=seed,
+                    overwrite=overwrite)
     found = json.loads((out / "findings.json").read_text())
     emit({"report": str(out / "report.html"), "pdf": str(out / "report.pdf"), "markdown": str(out / "report.md"),
           "records": str(out / "audit.json"), "overall": found["overall"],

@@ -15,11 +15,12 @@ from medshield.targets import ref_name
 
 def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
           config: str | Path | CampaignConfig | None = None, command: str | None = None,
-          **overrides: Any) -> dict[str, Any]:
+          overwrite: bool = False, **overrides: Any) -> dict[str, Any]:
     """Run (or resume) the campaign on ``runs`` and write ``OUT/report.html``, ``report.md``, ``report.pdf``,
     the PNG figures, ``audit.json`` (all results), ``findings.json``, ``campaign.yaml`` (the effective
     configuration) and ``timings.json``; returns the results. ``command`` is the command line that
-    reproduces the audit (shown in the report's annex; by default a ``medshield audit`` line)."""
+    reproduces the audit (shown in the report's annex; by default a ``medshield audit`` line). A folder holding results of other inputs is refused
+    (``overwrite=True`` recomputes those jobs)."""
     from medshield.report.audit import make_figures, versions, write_report
 
     cfg = config if isinstance(config, CampaignConfig) else load_config(config, **overrides)
@@ -27,7 +28,7 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
         cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     data = str(data_dir) if data_dir is not None else None
-    res = run_campaign(cfg, runs, out, dataset, data)
+    res = run_campaign(cfg, runs, out, dataset, data, overwrite=overwrite)
     figures = make_figures(res, out, runs, dataset, data, cfg.seed)
     names = ", ".join(ref_name(r) for r in runs)
     dataset_name = res["clean"][0]["dataset"] if res["clean"] else (dataset or "")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medshield.campaign.config import CampaignConfig
+from medshield.campaign.identity import with_identity
 from medshield.campaign.jobs import derived_seed, split_timings
 from medshield.errors import MedShieldError
 from medshield.evaluation.executor import Job, run_jobs
@@ -95,7 +96,7 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
             jobs += _blackbox_jobs(cfg, run, base)
     if cfg.defenses.enabled:
         jobs += _training_defense_jobs(cfg, runs, base, out)
-    return jobs
+    return with_identity(jobs)
 
 
 def _device(cfg: CampaignConfig) -> dict[str, str]:
@@ -160,9 +161,11 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
 
 
 def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,
-                 data_dir: str | Path | None = None) -> dict[str, Any]:
+                 data_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or continue) the campaign; writes ``OUT/audit.json`` and ``OUT/timings.json`` and returns
-    the results dict the report is rendered from."""
+    the results dict the report is rendered from. Stored jobs are reused only when computed from the
+    same inputs (model weights, data, attack, eps, budgets, seed, ...); a folder holding results of
+    other inputs is refused with the difference named, or recomputed with ``overwrite``."""
     if not runs:
         raise MedShieldError("an audit needs at least one model: --run RUN")
     for run in runs:
@@ -173,7 +176,7 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
     out.mkdir(parents=True, exist_ok=True)
     data_dir = str(data_dir) if data_dir is not None else None
     jobs = plan(cfg, runs, dataset, data_dir, out)
-    store = RecordStore(out / "jobs.json")
+    store = RecordStore(out / "jobs.json", overwrite=overwrite)
     outputs = run_jobs(jobs, store, executor=cfg.executor, workers=cfg.workers, address=cfg.address,
                        description="audit", threads=cfg.threads_per_job)
     results, timings = assemble(cfg, jobs, outputs)

@@ -24,9 +24,13 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
+    """``inputs``: everything that determines the job's result (its identity); a stored record from
+    other inputs is never reused (see :class:`RecordStore`)."""
+
     key: str
     fn: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] | None = None
 
 
 def resolve(path: str) -> Callable[..., Any]:
@@ -59,7 +63,8 @@ def run_jobs(
     jobs = list(jobs)
     if len({j.key for j in jobs}) != len(jobs):
         raise ValueError("job keys must be unique")
-    todo = [j for j in jobs if j.key not in store]
+    store.check((j.key, j.inputs) for j in jobs)  # stale records: refused before any work (or recomputed)
+    todo = [j for j in jobs if not store.current(j.key, j.inputs)]
     if executor not in EXECUTORS:
         raise MedShieldError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
     if workers < 1:
@@ -81,7 +86,7 @@ def _run_inline(todo: list[Job], store: RecordStore, advance: Callable[..., None
     before = torch.get_num_threads()
     try:
         for job in todo:
-            store.put(job.key, run_job(job.fn, job.kwargs, threads))
+            store.put(job.key, run_job(job.fn, job.kwargs, threads), job.inputs)
             advance(1, info=job.key)
     finally:
         torch.set_num_threads(before)
@@ -102,7 +107,7 @@ def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callab
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 job = pending.pop(future)
-                store.put(job.key, future.result())
+                store.put(job.key, future.result(), job.inputs)
                 advance(1, info=job.key)
 
 
@@ -128,7 +133,7 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 job = pending.pop(ref)
-                store.put(job.key, ray.get(ref))
+                store.put(job.key, ray.get(ref), job.inputs)
                 advance(1, info=job.key)
     finally:
         if started:
