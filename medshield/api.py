@@ -420,7 +420,10 @@ def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0,
         if params:
             raise MedShieldError("--defense-param given without a --defense")
         return model, []
-    return defend(model, key, seed=seed, **(params or {})), [key]
+    try:
+        return defend(model, key, seed=seed, **(params or {})), [key]
+    except TypeError:  # an unknown parameter name for this defense
+        raise MedShieldError(f"--defense {key} does not take the parameter(s) {', '.join(sorted(params or {}))}") from None
 
 
 def parse_params(items: list[str] | None) -> dict[str, float]:
@@ -454,11 +457,15 @@ def build_server_app(run: str | Path, defense: str | None = "none", api_keys: st
                      allow_scores: bool = False, audit_log: str | Path | None = None, max_batch: int = 256,
                      max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0,
                      defense_params: dict[str, float] | None = None, detector: Any = None,
-                     detector_threshold: float | None = None, on_flag: str = "block") -> Any:
-    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`)."""
+                     detector_threshold: float | None = None, on_flag: str = "block", state: str | Path | None = None,
+                     trusted_proxies: list[str] | str | None = None) -> Any:
+    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`). ``state``:
+    an SQLite file, ``redis://host:port`` or None (this process's memory), see
+    :func:`medshield.server.state.open_state`."""
     from medshield.defenses.limits import QueryLimiter
-    from medshield.server.app import ServeConfig, create_app
+    from medshield.server.app import ServeConfig, create_app, parse_networks
     from medshield.server.auth import KeyStore
+    from medshield.server.state import open_state
 
     keys = KeyStore.from_sources(api_keys)
     model, config = load_run(Path(run))
@@ -470,10 +477,14 @@ def build_server_app(run: str | Path, defense: str | None = "none", api_keys: st
     cfg = ServeConfig(model_name=mc.name, channels=mc.in_channels, image_size=mc.image_size,
                       class_names=[str(c) for c in classes], defenses=defenses, allow_scores=allow_scores,
                       max_batch=max_batch, max_side=max_side, max_request_bytes=max_request_bytes,
-                      audit_log=str(audit_log) if audit_log else None, on_flag=on_flag)
-    limiter = QueryLimiter(budget=budget, rate=rate, burst=burst if burst is not None else
-                           (max(rate, float(max_batch)) if rate is not None else None))
-    return create_app(served, keys, cfg, limiter=limiter, detector=detector)
+                      audit_log=str(audit_log) if audit_log else None, on_flag=on_flag,
+                      trusted_proxies=[str(n) for n in parse_networks(trusted_proxies)])
+    try:
+        limiter = QueryLimiter(budget=budget, rate=rate, burst=burst if burst is not None else
+                               (max(rate, float(max_batch)) if rate is not None else None))
+    except ValueError as exc:
+        raise MedShieldError(str(exc)) from None
+    return create_app(served, keys, cfg, limiter=limiter, detector=detector, state=open_state(state))
 
 
 def server_app_from_env() -> Any:
@@ -486,31 +497,37 @@ def server_app_from_env() -> Any:
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
           per_worker_limits: bool = False, log_level: str = "info", **options: Any) -> None:
-    """Run the HTTP service with uvicorn. Budgets and rate limits live in each worker process, so with
+    """Run the HTTP service with uvicorn. Budgets, rate limits, blocks and detector history live in
+    ``options["state"]`` (an SQLite file or Redis, shared by the workers); with ``state="memory"`` and
     ``workers > 1`` a key could get up to ``workers`` times its budget: refused unless
-    ``per_worker_limits`` accepts that."""
+    ``per_worker_limits`` accepts that. Proxy headers are read by the app, only from
+    ``trusted_proxies`` (uvicorn's own proxy-header handling is off)."""
     import json
     import os
 
     import uvicorn
 
+    from medshield.server.app import UVICORN_OPTIONS, check_port
+
+    check_port(port)
     if workers < 1:
         raise MedShieldError(f"--workers must be >= 1, got {workers}")
     limited = any(options.get(k) not in (None, "none") for k in ("budget", "rate", "detector"))
-    if workers > 1 and limited and not per_worker_limits:
+    in_memory = options.get("state") in (None, "memory")
+    if workers > 1 and limited and in_memory and not per_worker_limits:
         raise MedShieldError(f"budgets, rate limits and detector state are kept per worker process: with {workers} workers a key "
                              f"could get {workers}x its budget; use --workers 1 or pass --per-worker-limits")
     if host not in LOOPBACK:
         log.warning("serving on %s: API keys travel in plain HTTP; put a TLS-terminating proxy in front", host)
     if workers == 1:
         app = build_server_app(run, **options)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
         return
     build_server_app(run, **options)  # fail fast on bad options before forking workers
     os.environ[SERVE_ENV] = json.dumps({"run": str(run), **{k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in options.items()}})
     uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level)
+                log_level=log_level, **UVICORN_OPTIONS)
 
 def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,

@@ -382,7 +382,9 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most images per request.")] = 256,
     max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Largest request body (MiB).")] = 8.0,
     workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes (limits are per worker).")] = 1,
-    per_worker_limits: Annotated[bool, typer.Option("--per-worker-limits", help="Accept per-worker budgets with --workers > 1.")] = False,
+    per_worker_limits: Annotated[bool, typer.Option("--per-worker-limits", help="Accept per-worker budgets with --workers > 1 and --state memory.")] = False,
+    state: Annotated[str, typer.Option("--state", help="Where budgets, blocks, detector history and the audit log live: an SQLite file (shared by workers and restarts), redis://HOST:PORT or memory.")] = "medshield-state.db",
+    trusted_proxies: Annotated[str | None, typer.Option("--trusted-proxies", help="Comma list of proxy addresses/networks whose X-Forwarded-For is believed (default: none).")] = None,
     seed: Seed = 0,
 ) -> None:
     """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs)."""
@@ -392,7 +394,8 @@ def serve(
               defense_params=api.parse_params(defense_param), detector=detector,
               detector_threshold=detector_threshold, on_flag=on_flag,
               api_keys=api_keys, budget=budget, rate=rate, burst=burst, allow_scores=allow_scores,
-              audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed)
+              audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed,
+              state=state, trusted_proxies=trusted_proxies)
 
 
 def split_list(text: str, kind: type = str) -> list[Any]:

@@ -24,10 +24,12 @@ AUTH = {"X-API-Key": KEY}
 
 
 def make_client(tmp_path: Path, channels: int = 1, limiter: QueryLimiter | None = None, detector: object = None,
-                allow_scores: bool = False, **config: object) -> TestClient:
+                allow_scores: bool = False, state: object = None, **config: object) -> TestClient:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = ServeConfig(model_name="tiny", channels=channels, image_size=28, class_names=["normal", "pneumonia"],
                       allow_scores=allow_scores, audit_log=str(tmp_path / "audit.jsonl"), **config)  # type: ignore[arg-type]
-    app = create_app(tiny_model(channels), KeyStore([KEY, OTHER_KEY]), cfg, limiter=limiter, detector=detector)
+    app = create_app(tiny_model(channels), KeyStore([KEY, OTHER_KEY]), cfg, limiter=limiter, detector=detector,
+                     state=state)  # type: ignore[arg-type]
     return TestClient(app)
 
 
@@ -66,14 +68,15 @@ def expected_labels(images: torch.Tensor, channels: int = 1) -> list[int]:
 
 
 @contextmanager
-def serve_on_loopback(app: object) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn on a free 127.0.0.1 port (loopback only); yields its URL."""
+def serve_on_loopback(app: object, **options: object) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn on a free 127.0.0.1 port (loopback only); yields its URL.
+    ``options``: more ``uvicorn.Config`` arguments."""
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

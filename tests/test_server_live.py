@@ -54,7 +54,8 @@ def test_cli_serve_subprocess(tmp_path: Path) -> None:
     keys = tmp_path / "keys.txt"
     keys.write_text(KEY + "\n")
     cmd = [sys.executable, "-m", "medshield.cli", "serve", "--run", str(tmp_path / "run"), "--port", str(port),
-           "--api-keys", str(keys), "--budget", "4", "--audit-log", str(tmp_path / "audit.jsonl")]
+           "--api-keys", str(keys), "--budget", "4", "--audit-log", str(tmp_path / "audit.jsonl"),
+           "--state", str(tmp_path / "state.db")]
     proc = subprocess.Popen(cmd, env={**os.environ, "MEDSHIELD_API_KEYS": ""}, stderr=subprocess.PIPE)
     try:
         remote = RemoteClassifier(f"http://127.0.0.1:{port}", KEY, batch_size=2)
@@ -74,4 +75,5 @@ def test_cli_serve_subprocess(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
-    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 3
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and '"path":"/v1/model","status":200' in lines[0]  # the model info request too

@@ -101,6 +101,32 @@ class StreamDetector:
             min_d = float(kth.min()) if n else float("inf")
             return Verdict(state.flagged_at is not None, state.seen, state.suspicious, state.flagged_at, min_d)
 
+    def export_state(self, client: str, since: int = 0) -> tuple[dict[str, int | None], dict[int, torch.Tensor]] | None:
+        """``(counters, rows)`` of a client for a persistent store: its counters and the feature rows
+        written after the first ``since`` stored queries (ring-buffer slot -> row); None if unknown."""
+        with self._lock:
+            state = self._clients.get(client)
+            if state is None or state.bank is None:
+                return None
+            first = max(since, state.stored - self.history)
+            rows = {k % self.history: state.bank[k % self.history].clone() for k in range(first, state.stored)}
+            counters = {"stored": state.stored, "seen": state.seen, "suspicious": state.suspicious,
+                        "flagged_at": state.flagged_at, "dim": int(state.bank.shape[1])}
+            return counters, rows
+
+    def import_state(self, client: str, counters: dict[str, int | None] | None, rows: dict[int, torch.Tensor]) -> None:
+        """Replace a client's history by a stored one (``counters`` None: forget the client)."""
+        with self._lock:
+            if counters is None:
+                self._clients.pop(client, None)
+                return
+            bank = torch.empty(self.history, int(counters["dim"] or 0))
+            for slot, row in rows.items():
+                if 0 <= slot < self.history:
+                    bank[slot] = torch.as_tensor(row, dtype=torch.float32)
+            self._clients[client] = _ClientState(bank, int(counters["stored"] or 0), int(counters["seen"] or 0),
+                                                 int(counters["suspicious"] or 0), counters["flagged_at"])
+
     def reset(self, client: str | None = None) -> None:
         with self._lock:
             if client is None:

@@ -95,16 +95,28 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
     config = read_json(run_dir / CONFIG_FILE)
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has no 'model' section")
+    if not isinstance(config["model"], dict) or not isinstance(config.get("data", {}), dict):
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: 'model' and 'data' must be JSON objects")
     fields = {k: v for k, v in config["model"].items() if k in ModelConfig.__dataclass_fields__}
     fields.setdefault("stem", 1)  # runs written before the smallcnn stem existed had none
-    cfg = ModelConfig(**fields)
-    cfg.pretrained = None  # weights come from the checkpoint
-    was_pretrained = config["model"].get("pretrained")
-    model = create_model(cfg)
-    if was_pretrained:
-        from medshield.models.factory import replace_head
+    for key in ("in_channels", "num_classes", "image_size"):
+        value = fields.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.{key} must be a positive integer, got {value!r}")
+    if not isinstance(fields.get("name", ""), str):
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.name must be a string, got {fields['name']!r}")
+    try:
+        cfg = ModelConfig(**fields)
+        cfg.pretrained = None  # weights come from the checkpoint
+        was_pretrained = config["model"].get("pretrained")
+        model = create_model(cfg)
+        if was_pretrained:
+            from medshield.models.factory import replace_head
 
-        replace_head(cfg.name, model.net, cfg.num_classes, cfg.dropout)
+            replace_head(cfg.name, model.net, cfg.num_classes, cfg.dropout)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong types in a hand-edited config.json
+        reason = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} has malformed model settings ({reason})") from None
     state = load_tensors(run_dir / MODEL_FILE)
     try:
         model.load_state_dict(state)
