@@ -526,8 +526,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
     build_server_app(run, **options)  # fail fast on bad options before forking workers
     os.environ[SERVE_ENV] = json.dumps({"run": str(run), **{k: (str(v) if isinstance(v, Path) else v)
                                                            for k, v in options.items()}})
+    import inspect
+
+    patience = {"timeout_worker_healthcheck": 60} \
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters else {}  # slow worker start-up
     uvicorn.run("medshield.api:server_app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, **UVICORN_OPTIONS)
+                log_level=log_level, **UVICORN_OPTIONS, **patience)
 
 def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
              attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,

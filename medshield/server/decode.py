@@ -303,17 +303,19 @@ def dicom_array(data: bytes, spec: InputSpec) -> np.ndarray:
         bits = int(ds.BitsStored)
         if not 1 <= bits <= allocated:
             raise InputError(422, f"DICOM BitsStored={bits} is not supported (1-{allocated})")
-        pixels = ds.pixel_array
         signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+        stored = native_values(ds, rows * cols * samples, allocated, signed)
+        pixels = ds.pixel_array
         photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises struct.error, KeyError, ... on malformed files
         raise InputError(400, f"corrupt or unsupported DICOM: {first_line(exc)}") from None
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    if pixels.size and (int(pixels.min()) < low or int(pixels.max()) > high):
-        raise InputError(422, f"DICOM stored values span [{int(pixels.min())}, {int(pixels.max())}], outside "
-                              f"BitsStored={bits} ([{low}, {high}]); refusing rather than clipping")
+    for values in (stored, pixels):  # the bytes as sent (pydicom masks bits above BitsStored) and as decoded
+        if values is not None and values.size and (int(values.min()) < low or int(values.max()) > high):
+            raise InputError(422, f"DICOM stored values span [{int(values.min())}, {int(values.max())}], outside "
+                                  f"BitsStored={bits} ([{low}, {high}]); refusing rather than masking or clipping")
     arr = (pixels.astype(np.float64) - low) / (2**bits - 1)
     arr = arr.astype(np.float32)
     if photometric == "MONOCHROME1":
@@ -326,6 +328,18 @@ def dicom_array(data: bytes, spec: InputSpec) -> np.ndarray:
 
 
 ADDRESS = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>|\s*\b0x[0-9a-fA-F]{6,}\b")
+
+
+def native_values(ds: Any, count: int, allocated: int, signed: bool) -> np.ndarray | None:
+    """The stored values of uncompressed little-endian pixel data, as sent (None when compressed)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed or not syntax.is_little_endian or "PixelData" not in ds:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    raw = ds.PixelData
+    if len(raw) < count * dtype.itemsize:
+        raise InputError(400, f"DICOM pixel data holds {len(raw)} bytes, {count * dtype.itemsize} expected")
+    return np.frombuffer(raw, dtype=dtype, count=count)
 
 
 def first_line(exc: BaseException | str) -> str:
