@@ -34,6 +34,17 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that should have failed must not start a server (it would block the test run)."""
+    import uvicorn
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server started instead of refusing the options")
+
+    monkeypatch.setattr(uvicorn, "run", refuse)
+
+
 def one_error_line(args: list[str], fragment: str) -> str:
     result = runner.invoke(app, args, env={"MEDSHIELD_API_KEYS": "", "MEDSHIELD_DEBUG": ""})
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
@@ -71,7 +82,8 @@ def test_serve_refuses_nonsense_at_start(run_dir: Path, keys: Path, extra: list[
     ({"name": "smallcnn", "in_channels": "one"}, "in_channels"),
     ({"name": "smallcnn", "image_size": 28.5}, "image_size"),
     ({"name": 7}, "model.name"),
-    ({"name": "smallcnn", "dropout": "high"}, "malformed"),
+    ({"name": "smallcnn", "dropout": "high"}, "dropout"),
+    ({"name": "smallcnn", "mean": "zero"}, "mean"),
     (["smallcnn"], "JSON objects"),
 ])
 def test_malformed_config_json_types(tmp_path: Path, run_dir: Path, keys: Path, model: object, fragment: str) -> None:
@@ -90,12 +102,13 @@ def test_blackbox_target_at_a_closed_port(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("eps", ["1/0", "2", "0", "-1/255", "nan"])
 def test_eps_out_of_range_or_unparseable_cli(tmp_path: Path, run_dir: Path, eps: str) -> None:
-    one_error_line(["attack", "--run", str(run_dir), "--dataset", "demo", "--attack", "fgsm", "--eps", eps,
+    one_error_line(["attack", "--run", str(run_dir), "--dataset", "demo", "--attack", "fgsm", "--eps", eps, "--n", "2",
                     "--out", str(tmp_path / "a")], "eps")
 
 
 @pytest.mark.parametrize("eps", ["1/0", "2"])
 def test_eps_out_of_range_or_unparseable_yaml(tmp_path: Path, run_dir: Path, eps: str) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"whitebox": {"eps": [eps]}}))
+    cfg.write_text(yaml.safe_dump({"whitebox": {"eps": [eps], "attacks": ["fgsm"], "n_images": 2},
+                                   **{k: {"enabled": False} for k in ("clean", "transfer", "blackbox", "detection")}}))
     one_error_line(["audit", "--run", str(run_dir), "--config", str(cfg), "--out", str(tmp_path / "o")], "eps")

@@ -179,6 +179,7 @@ def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
     assert response.status_code == 429 and response.headers["Retry-After"] == "1" and "labels" not in response.json()
     now[0] = 1.5
     assert post_json(client, {"images": IMAGES[:3].tolist()}).status_code == 200
+    now[0] = 10.0  # a full bucket: the empty one would refuse (429) before reading the body
     assert post_json(client, {"images": torch.rand(6, 28, 28).tolist()}).status_code == 413  # larger than the burst
 
 
@@ -223,7 +224,7 @@ def test_remote_classifier_counts_queries_like_the_server(tmp_path: Path) -> Non
     with pytest.raises(RateLimited) as err:
         remote.labels(IMAGES)
     assert err.value.retry_after is None and remote.queries == 9  # one more batch of 2 answered, then the budget ran out
-    records = read_audit(tmp_path / "audit.jsonl")
+    records = [r for r in read_audit(tmp_path / "audit.jsonl") if r["path"] == "/v1/predict"]
     assert sum(r["n"] for r in records if r["status"] == 200) == remote.queries == 9 and records[-1]["status"] == 429
     with pytest.raises(AuthenticationError):
         RemoteClassifier("http://testserver", "wrong-key-0123456789", http=client).labels(IMAGES)

@@ -105,6 +105,13 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
             raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.{key} must be a positive integer, got {value!r}")
     if not isinstance(fields.get("name", ""), str):
         raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.name must be a string, got {fields['name']!r}")
+    dropout = fields.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.dropout must be a number in [0, 1), got {dropout!r}")
+    for key in ("mean", "std"):
+        values = fields.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.{key} must be a list of numbers, got {values!r}")
     try:
         cfg = ModelConfig(**fields)
         cfg.pretrained = None  # weights come from the checkpoint
