@@ -40,6 +40,7 @@ def test_gbba_over_http_equals_in_process(tmp_path: Path, demo_model) -> None:  
     assert remote["records"][0]["defense"] == "remote"
     job = next(iter(json.loads((tmp_path / "remote" / "jobs.json").read_text())["jobs"].values()))
     assert sum(job["queries"]) == job["sent_attack"] <= n * budgets[-1]
-    served = sum(line["n"] for line in read_audit(tmp_path / "audit.jsonl") if line.get("status") == 200)
+    served = sum(line["n"] for line in read_audit(tmp_path / "audit.jsonl")
+                 if line.get("status") == 200 and line.get("path") == "/v1/predict")  # GET /v1/model is logged too
     selection = len(load_demo().test)
     assert served == remote["remote"]["queries_sent"] == selection + job["sent_attack"] + job["sent_verify"]
