@@ -81,7 +81,8 @@ def closed_port() -> int:
     (["--state", "ftp://x"], "--state"),
 ])
 def test_serve_refuses_nonsense_at_start(run_dir: Path, keys: Path, extra: list[str], fragment: str) -> None:
-    one_error_line(["serve", "--run", str(run_dir), "--api-keys", str(keys), "--state", "memory", *extra], fragment)
+    one_error_line(["serve", "--run", str(run_dir), "--api-keys", str(keys), "--state", "memory",
+                    "--audit-log", str(keys.parent / "audit.jsonl"), *extra], fragment)
 
 
 @pytest.mark.parametrize("model, fragment", [
@@ -98,7 +99,8 @@ def test_malformed_config_json_types(tmp_path: Path, run_dir: Path, keys: Path, 
     bad = tmp_path / "bad"
     shutil.copytree(run_dir, bad)
     (bad / "config.json").write_text(json.dumps({"model": model}))
-    one_error_line(["serve", "--run", str(bad), "--api-keys", str(keys), "--state", "memory"], fragment)
+    one_error_line(["serve", "--run", str(bad), "--api-keys", str(keys), "--state", "memory",
+                    "--audit-log", str(tmp_path / "audit.jsonl")], fragment)
 
 
 def test_blackbox_target_at_a_closed_port(tmp_path: Path) -> None:
