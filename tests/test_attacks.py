@@ -14,7 +14,9 @@ from medshield.models import predict_labels
 from medshield.types import Norm
 
 FAST = {"cw": {"steps": 15, "binary_search_steps": 2}, "pgd": {"steps": 3, "restarts": 2},
-        "bim": {"steps": 3}, "mifgsm": {"steps": 3}, "fgsm_iter": {"steps": 4}}
+        "bim": {"steps": 3}, "mifgsm": {"steps": 3}, "fgsm_iter": {"steps": 4}, "apgd": {"steps": 5},
+        "apgd_dlr": {"steps": 5}, "apgd_t": {"steps": 5}, "fab": {"steps": 5}, "square": {"steps": 20},
+        "autoattack": {"steps": 4, "square_queries": 10}, "fmn": {"steps": 10}}
 EPS = {Norm.LINF: 4 / 255, Norm.L2: 0.5}
 CASES = [(name, norm, n_logits, targeted) for name in ATTACKS.names() for norm in Norm for n_logits in (1, 2)
          for targeted in (False, True) if not (name == "cw" and norm is Norm.L2 and n_logits == 1 and targeted)]

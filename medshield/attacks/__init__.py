@@ -5,9 +5,15 @@
 and returns an :class:`~medshield.types.AttackResult`.
 """
 
+from medshield.attacks.apgd import APGD, apgd_ce, apgd_dlr, apgd_t
 from medshield.attacks.base import Attack, FixedEpsilonAttack, MinimizationAttack, attack_loss, input_gradient, is_adversarial
 from medshield.attacks.cw import CarliniWagnerL2
+from medshield.attacks.ensemble import AutoAttack
+from medshield.attacks.eot import ExpectationModel
+from medshield.attacks.fab import FAB
+from medshield.attacks.fmn import FMN
 from medshield.attacks.gradient import GradientAttack, IterativeFGSM, bim, fgsm, mifgsm, pgd
+from medshield.attacks.square import Square
 from medshield.registry import Registry
 
 ATTACKS: Registry[Attack] = Registry("attack")
@@ -17,6 +23,13 @@ ATTACKS.register("bim")(bim)
 ATTACKS.register("pgd")(pgd)
 ATTACKS.register("mifgsm")(mifgsm)
 ATTACKS.register("cw")(CarliniWagnerL2)
+ATTACKS.register("apgd")(apgd_ce)
+ATTACKS.register("apgd_dlr")(apgd_dlr)
+ATTACKS.register("apgd_t")(apgd_t)
+ATTACKS.register("fab")(FAB)
+ATTACKS.register("square")(Square)
+ATTACKS.register("autoattack")(AutoAttack)
+ATTACKS.register("fmn")(FMN)
 
 
 def create_attack(name: str, **kwargs: object) -> Attack:
@@ -29,7 +42,7 @@ def create_attack(name: str, **kwargs: object) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "CarliniWagnerL2", "FixedEpsilonAttack", "GradientAttack", "IterativeFGSM",
+    "APGD", "ATTACKS", "Attack", "AutoAttack", "CarliniWagnerL2", "ExpectationModel", "FAB", "FMN", "Square", "FixedEpsilonAttack", "GradientAttack", "IterativeFGSM",
     "MinimizationAttack", "attack_loss", "bim", "create_attack", "fgsm", "input_gradient", "is_adversarial",
-    "mifgsm", "pgd",
+    "mifgsm", "pgd", "apgd_ce", "apgd_dlr", "apgd_t",
 ]

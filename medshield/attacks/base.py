@@ -68,8 +68,9 @@ class Attack(ABC):
             if x.shape[0] == 0:
                 adv, queries = x.clone(), torch.zeros(0, dtype=torch.long, device=x.device)
             else:
-                adv, queries = self._run(model, x, goal, eps, targeted, generator)
+                adv, queries, *extras = self._run(model, x, goal, eps, targeted, generator)
             result = self.finalize(model, x, goal, adv.detach(), eps, targeted, queries)
+            result.extras.update(*extras[:1])
         result.seconds = time.perf_counter() - start
         return result
 
@@ -106,7 +107,8 @@ class Attack(ABC):
     @abstractmethod
     def _run(self, model: nn.Module, x: torch.Tensor, goal: torch.Tensor, eps: float | None, targeted: bool,
              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(adversarial [N, ...], queries [N] int64)``; the base class clips and scores it."""
+        """Return ``(adversarial [N, ...], queries [N] int64)``, optionally with a third item, a dict merged
+        into the result's ``extras``; the base class clips and scores the adversarial."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

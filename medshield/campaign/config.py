@@ -25,7 +25,11 @@ class CleanSpec(Section):
 
 
 class WhiteboxSpec(Section):
-    attacks: list[str] = ["fgsm", "bim", "pgd", "mifgsm", "cw"]
+    attacks: list[str] = ["fgsm", "bim", "pgd", "mifgsm", "cw", "fmn", "autoattack"]
+    attack_options: dict[str, dict[str, Any]] = Field(
+        {"autoattack": {"square_queries": 1000}},
+        description="constructor options per attack (e.g. autoattack: steps, targets, square_queries)")
+    eot_samples: int = Field(16, ge=1, description="draws averaged per gradient (EOT) when the model is randomised")
     eps: list[str] = ["0.5/255", "1/255", "2/255", "4/255", "8/255"]
     norm: str = "linf"
     n_images: int | None = Field(500, ge=1, description="test images (seeded choice); null = the whole split")

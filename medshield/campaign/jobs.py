@@ -58,8 +58,11 @@ def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, s
 
 
 def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
-                 eps: list[float], norm: str, n_images: int | None, batch_size: int, device: str = "cpu") -> list[dict[str, Any]]:
-    """One attack at every eps on one model (records as ``medshield attack`` writes them)."""
+                 eps: list[float], norm: str, n_images: int | None, batch_size: int, device: str = "cpu",
+                 attack_kwargs: dict[str, Any] | None = None, eot_samples: int = 16) -> list[dict[str, Any]]:
+    """One attack at every eps on one model (records as ``medshield attack`` writes them);
+    ``attack_kwargs`` are the attack's constructor options, ``eot_samples`` the EOT draws used if the
+    model turns out randomised."""
     from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
     from medshield.types import Norm
 
@@ -67,7 +70,8 @@ def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     model = target.require_gradients()
     x, y = eval_images(ds, split, n_images, seed)
     job = WhiteboxJob(attacks=[attack], eps=list(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
-                      attack_kwargs={"pgd": {"restarts": 1}})
+                      attack_kwargs={"pgd": {"restarts": 1}, attack: dict(attack_kwargs or {})},
+                      eot_samples=eot_samples)
     meta = {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
             "channels": ds.channels}
     return run_whitebox(model, x, y, job, positive_class=ds.positive_class, meta=meta)

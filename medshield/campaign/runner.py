@@ -55,7 +55,7 @@ def covers(names: list[str] | None, run: str) -> bool:
 
 def validate(cfg: CampaignConfig) -> None:
     """Fail fast on unknown attack/defense names (with did-you-mean) before any work starts."""
-    from medshield.attacks import ATTACKS
+    from medshield.attacks import ATTACKS, create_attack
     from medshield.attacks.decision import DECISION_ATTACKS
     from medshield.defenses.training import TRAINING_DEFENSES
     from medshield.evaluation.blackbox import parse_defense
@@ -63,6 +63,11 @@ def validate(cfg: CampaignConfig) -> None:
 
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
         ATTACKS.get(name)
+    for name, options in cfg.whitebox.attack_options.items():
+        try:
+            create_attack(name, norm=cfg.whitebox.norm, **options)
+        except (TypeError, ValueError) as exc:
+            raise MedShieldError(f"bad whitebox.attack_options for {name!r}: {exc}") from exc
     for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks:
         DECISION_ATTACKS.get(name)
     for spec in cfg.blackbox.defenses:
@@ -89,7 +94,8 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
             for attack in wb.attacks:
                 jobs.append(Job(f"whitebox|{_name(run)}|{attack}", f"{JOBS}:whitebox_job",
                                 {"run": run, **base, "attack": attack, "eps": parse_eps(wb.eps), "norm": wb.norm,
-                                 "n_images": wb.n_images, "batch_size": wb.batch_size}))
+                                 "n_images": wb.n_images, "batch_size": wb.batch_size,
+                                 **_attack_options(wb.attack_options.get(attack), wb.eot_samples)}))
     jobs += _transfer_jobs(cfg, runs, base)
     if cfg.blackbox.enabled or cfg.detection.enabled:
         for run in runs:
@@ -97,6 +103,12 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     if cfg.defenses.enabled:
         jobs += _training_defense_jobs(cfg, runs, base, out)
     return with_identity(jobs)
+
+
+def _attack_options(options: dict[str, Any] | None, eot_samples: int) -> dict[str, Any]:
+    """Extra white-box job arguments, absent when they are the defaults (older jobs keep their arguments)."""
+    out: dict[str, Any] = {"attack_kwargs": options} if options else {}
+    return out | ({"eot_samples": eot_samples} if eot_samples != 16 else {})
 
 
 def _device(cfg: CampaignConfig) -> dict[str, str]:
@@ -188,6 +200,7 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
 def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Group job outputs into result sections; wall-clock fields are split off into timings."""
     from medshield.evaluation.blackbox import BlackboxConfig, parse_defense, summarise
+    from medshield.evaluation.whitebox import worst_case
 
     res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
@@ -206,6 +219,7 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
             res[kind] += kept
         else:  # clean, defended_clean, detection: one record per job
             res[kind].append(kept)
+    res["whitebox_worst_case"] = worst_case(res["whitebox"])
     bb = cfg.blackbox
     bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=bb.norm)
     costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medshield.attacks import Attack, MinimizationAttack, create_attack
+from medshield.attacks import Attack, ExpectationModel, MinimizationAttack, create_attack
 from medshield.evaluation.checks import check_result, merge_checks, model_checks
 from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.store import RecordStore
@@ -79,11 +79,17 @@ def run_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tens
 
 
 def concat_results(parts: list[AttackResult], seconds: float) -> AttackResult:
-    """One result (on CPU) from per-batch results."""
+    """One result (on CPU) from per-batch results; per-image list extras (an ensemble's ``broken_by``,
+    its ``member_queries``) are concatenated too."""
     cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
+    extras: dict[str, Any] = {"logits": torch.cat([p.extras["logits"].cpu() for p in parts])}
+    for key, value in parts[0].extras.items():
+        if isinstance(value, list):
+            extras[key] = [v for p in parts for v in p.extras[key]]
+        elif isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
+            extras[key] = {k: [v for p in parts for v in p.extras[key][k]] for k in value}
     return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
-                        queries=cat("queries"), seconds=seconds,
-                        extras={"logits": torch.cat([p.extras["logits"].cpu() for p in parts])})
+                        queries=cat("queries"), seconds=seconds, extras=extras)
 
 
 def rebudget(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: AttackResult, eps: float,
@@ -130,7 +136,57 @@ def summarise(result: AttackResult, x: torch.Tensor, y: torch.Tensor, clean_logi
         "seconds": result.seconds, "images_per_second": x.shape[0] / result.seconds if result.seconds else None,
         "directions": direction_breakdown(y, clean_pred, adv_pred, positive_class),
         "checks": check_result(result, x, eps, norm),
+        "robust_per_image": (adv_pred == y).int().tolist(),
+        **ensemble_fields(result),
     }
+
+
+def ensemble_fields(result: AttackResult) -> dict[str, Any]:
+    """For an ensemble (AutoAttack): per image, the member that broke it (``"clean"``: misclassified
+    before any attack; ``None``: withstood all), counts per member, and queries each member spent."""
+    if "broken_by" not in result.extras:
+        return {}
+    broken = result.extras["broken_by"]
+    counts: dict[str, int] = {}
+    for b in broken:
+        if b is not None:
+            counts[b] = counts.get(b, 0) + 1
+    spent = result.extras.get("member_queries", {})
+    return {"broken_by": broken, "broken_by_counts": counts,
+            "member_queries_per_image": {k: sum(v) / len(v) if v else 0.0 for k, v in spent.items()}}
+
+
+def minimal_distances(raw: AttackResult, norm: Norm) -> list[float | None]:
+    """A minimisation attack's per-image smallest adversarial perturbation in ``norm`` (None where it
+    found none): the distribution behind its robust accuracy at every eps."""
+    size = raw.linf if norm is Norm.LINF else raw.l2
+    return [float(d) if ok else None for d, ok in zip(size.tolist(), raw.success.tolist())]
+
+
+def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (run, norm, direction, eps): the robust accuracy over *all* attacks run, image by image
+    (an image counts as robust only if every attack left it correctly classified), and the single
+    attack that came closest (``strongest_attack``, its own ``strongest_robust_accuracy``).
+    Records without per-image outcomes fall back to the minimum over attacks."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("run"), r["norm"], r.get("direction", "both"), r["eps"]), []).append(r)
+    out = []
+    for (run, norm, direction, eps), recs in groups.items():
+        per_attack = {r["attack"]: r["robust_accuracy"] for r in recs}
+        strongest = min(per_attack, key=per_attack.__getitem__)
+        rows = [r.get("robust_per_image") for r in recs]
+        if all(rows) and len({len(v) for v in rows}) == 1 and rows[0]:
+            n = len(rows[0])
+            robust = sum(all(v[i] for v in rows) for i in range(n)) / n
+        else:
+            robust = per_attack[strongest]
+        out.append({"run": run, "norm": norm, "direction": direction, "eps": eps, "eps_label": eps_label(eps),
+                    "clean_accuracy": recs[0]["clean_accuracy"], "robust_accuracy": robust,
+                    "strongest_attack": strongest, "strongest_robust_accuracy": per_attack[strongest],
+                    "attacks_run": list(per_attack), "per_attack": per_attack,
+                    "randomized_model": any(r.get("randomized_model") for r in recs)})
+    return out
 
 
 @dataclass
@@ -144,17 +200,26 @@ class WhiteboxJob:
     seed: int = 0
     direction: str = "both"
     attack_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eot_samples: int = 16  # draws averaged per forward pass when the model is randomised (EOT)
 
 
 def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: WhiteboxJob, *,
                  positive_class: int | None = None, store: RecordStore | None = None,
                  meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run every attack x eps of ``job`` on ``(x, y)``; returns records (and keeps them in ``store``)."""
+    """Run every attack x eps of ``job`` on ``(x, y)``; returns records (and keeps them in ``store``).
+
+    A randomised model (two forward passes disagree) is attacked through :class:`ExpectationModel`
+    (EOT over ``job.eot_samples`` draws; ``queries`` count every draw) and the adversarials are judged
+    by one fresh draw of the model itself, as the clean accuracy is; records say so
+    (``randomized_model``, ``eot_samples``)."""
     meta = dict(meta or {})
     idx = select_direction(y, job.direction, positive_class)
     x, y = x[idx], y[idx]
     clean_logits = predict(model, x)
     base_checks = model_checks(model, x[:16].to(next(model.parameters()).device), y[:16])
+    randomized = not base_checks["randomised_model"]["ok"]
+    target = ExpectationModel(model, job.eot_samples) if randomized else model
+    draws = job.eot_samples if randomized else 1
     tag = meta.get("run", "model")
     records, raw_cache = [], {}
     total = len(job.attacks) * len(job.eps) * x.shape[0]
@@ -162,19 +227,26 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
         for name in job.attacks:
             attack = create_attack(name, norm=job.norm, **job.attack_kwargs.get(name, {}))
             for eps in job.eps:
-                key = f"{tag}|{name}|{job.norm}|{job.direction}|{eps:.8g}"
+                key = f"{tag}|{name}|{job.norm}|{job.direction}|{eps:.8g}" + (f"|eot{draws}" if randomized else "")
 
                 def compute(attack: Attack = attack, eps: float = eps, name: str = name) -> dict[str, Any]:
+                    extra: dict[str, Any] = {}
                     if isinstance(attack, MinimizationAttack):
                         if name not in raw_cache:
-                            raw_cache[name] = run_batched(attack, model, x, y, None, job.batch_size, job.seed)
-                        result = rebudget(attack, model, x, y, raw_cache[name], eps, job.norm, job.batch_size)
+                            raw_cache[name] = run_batched(attack, target, x, y, None, job.batch_size, job.seed)
+                        result = rebudget(attack, target, x, y, raw_cache[name], eps, job.norm, job.batch_size)
+                        extra["min_distance_per_image"] = minimal_distances(raw_cache[name], attack.norm)
+                        extra["distance_norm"] = str(attack.norm)
                     else:
-                        result = run_batched(attack, model, x, y, eps, job.batch_size, job.seed)
+                        result = run_batched(attack, target, x, y, eps, job.batch_size, job.seed)
+                    if randomized:
+                        result.queries = result.queries * draws
+                        result.extras["logits"] = predict(model, result.adversarial)
                     rec = summarise(result, x, y, clean_logits, positive_class, eps, job.norm)
                     rec["checks"] = merge_checks(base_checks, rec["checks"])
                     return {**meta, "attack": name, "eps": eps, "eps_label": eps_label(eps), "norm": str(job.norm),
-                            "direction": job.direction, "attack_config": repr(attack), **rec}
+                            "direction": job.direction, "attack_config": repr(attack), "randomized_model": randomized,
+                            "eot_samples": draws, **rec, **extra}
 
                 rec = store.get_or_run(key, compute) if store is not None else compute()
                 records.append(rec)

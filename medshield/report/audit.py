@@ -73,9 +73,15 @@ def whitebox_section(res: dict[str, Any], figures: dict[str, Path]) -> Section:
         rows.setdefault((r["run"], r["attack"]), {})[r["eps"]] = r["robust_accuracy"]
         sizes[r["run"]] = r.get("n")
     sample = "; ".join(f"{run}: {_sample(n, _split_size(res, run))}" for run, n in sizes.items())
-    blocks: list[Any] = [Table(["run", "attack", *[_label(e) for e in eps_list]],
-                               [[run, atk.upper(), *[pct(v.get(e)) for e in eps_list]] for (run, atk), v in rows.items()],
-                               f"Robust accuracy under white-box attack (L∞ budget per pixel); {sample}")]
+    worst: dict[str, dict[float, dict[str, Any]]] = {}
+    for w in res.get("whitebox_worst_case", []):
+        worst.setdefault(w["run"], {})[w["eps"]] = w
+    table = [[run, atk.upper(), *[pct(v.get(e)) for e in eps_list]] for (run, atk), v in rows.items()]
+    table += [[run, "WORST CASE (winner)", *[f"{pct(w[e]['robust_accuracy'])} ({w[e]['strongest_attack']})" if e in w
+                                              else "" for e in eps_list]] for run, w in worst.items()]
+    blocks: list[Any] = [Table(["run", "attack", *[_label(e) for e in eps_list]], table,
+                               f"Robust accuracy under white-box attack (L∞ budget per pixel; worst case: an image "
+                               f"counts as robust only if every attack failed on it); {sample}")]
     dir_rows = [[r["run"], r["attack"].upper(), _label(r["eps"]),
                  _dir_cell(r["directions"].get("disease_to_normal")), _dir_cell(r["directions"].get("normal_to_disease"))]
                 for r in recs if r.get("directions") and abs(r["eps"] - 2 / 255) < 1e-9]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from medshield.attacks import create_attack
+from medshield.evaluation.whitebox import worst_case
 from medshield.models import predict, predict_labels, probabilities
 from medshield.report.grids import adversarial_grid
 from medshield.report.plots import line_plot
@@ -20,6 +21,9 @@ PCT = {k: percent for k in ("clean_accuracy", "robust_accuracy", "success_rate",
 MAIN = [("run", "run"), ("attack", "attack"), ("eps_label", "eps"), ("norm", "norm"), ("clean_accuracy", "clean acc"),
         ("robust_accuracy", "robust acc"), ("success_rate", "success"), ("sensitivity", "sens. (adv)"),
         ("specificity", "spec. (adv)"), ("mean_linf", "mean L∞"), ("mean_l2", "mean L2"), ("seconds", "s")]
+WORST = [("run", "run"), ("eps_label", "eps"), ("norm", "norm"), ("clean_accuracy", "clean acc"),
+         ("robust_accuracy", "worst-case robust acc"), ("strongest_attack", "strongest attack"),
+         ("strongest_robust_accuracy", "its robust acc")]
 DIRS = [("run", "run"), ("attack", "attack"), ("eps_label", "eps"),
         ("directions.disease_to_normal.flip_rate", "disease→normal (missed diagnosis)"),
         ("directions.disease_to_normal.clean_correct", "n"),
@@ -38,6 +42,10 @@ def whitebox_markdown(records: list[dict[str, Any]]) -> str:
         parts += ["\n## Robust accuracy side by side (e.g. grey vs RGB)\n",
                   pivot_table(rows, ["attack", "eps_label"], "col", "robust_accuracy", fmt=percent,
                               row_headers=["attack", "eps"])]
+    if len({r["attack"] for r in records}) > 1:
+        worst = worst_case(records)
+        parts += ["\n## Worst case over the attacks run (an image is robust only if every attack failed on it)\n",
+                  markdown_table(worst, WORST, {**PCT, "strongest_robust_accuracy": percent})]
     failed = sorted({f"{r['run']}: {name}: {c['detail']}" for r in records for name, c in r.get("checks", {}).items() if not c["ok"]})
     parts += ["\n## Sanity checks\n", "\n".join(f"- FAILED {f}" for f in failed) + "\n" if failed else "All checks passed.\n"]
     return "".join(parts)
