@@ -51,6 +51,9 @@ class BlackboxSpec(Section):
     n_images: int = Field(10, ge=1)
     shard_size: int = Field(5, ge=1, description="images per job (the unit of resumption and parallelism)")
     norm: str = "l2"
+    adaptive_k: int = Field(5, ge=1, description="against a randomised defense (detected: the same input twice "
+                                                 "gives different outputs) every query is repeated k times and "
+                                                 "the majority label taken; budgets count all k; 1 = naive attacker")
     defended_attacks: list[str] | None = Field(None, description="attacks run against the defenses other than "
                                                                  "'none'; null = all of `attacks`")
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")

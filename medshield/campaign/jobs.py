@@ -99,11 +99,14 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
 
 def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
                  defense: str, indices: list[int], budgets: list[int], norm: str, shard: int,
-                 device: str = "cpu") -> dict[str, Any]:
+                 device: str = "cpu", adaptive_k: int = 1) -> dict[str, Any]:
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
-    generator seeded by the job's identity, so a re-run gives the same answers."""
+    generator seeded by the job's identity, so a re-run gives the same answers. When the defended
+    model is randomised (two passes on the same images differ), the attacker takes a majority vote over
+    ``adaptive_k`` repeats of every query (all charged to the budget); the output says so."""
     from medshield.attacks.decision import model_label_fn
     from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, parse_defense, run_job
+    from medshield.evaluation.checks import is_randomised
 
     model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
@@ -111,8 +114,9 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     job_seed = derived_seed(seed, run, attack, defense, shard)
     name, params = parse_defense(defense)
     defended = BLACKBOX_DEFENSES.create(name, model=model, seed=job_seed, **params)
+    randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
-                         norm=norm)
+                         norm=norm, adaptive_k=adaptive_k if randomized else 1)
     base_fn = model_label_fn(model) if name != "none" else None
     rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{ref_name(run)} #{shard}]",
                   base_fn)
@@ -121,7 +125,7 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     else:
         rec["first_image"] = x[0].flatten().tolist()
     return {"run": ref_name(run), "attack": attack, "defense": defense, "shard": shard, "indices": indices,
-            "image_shape": list(x.shape[1:]), **rec}
+            "image_shape": list(x.shape[1:]), "randomized_target": randomized, "adaptive_k": cfg.adaptive_k, **rec}
 
 
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,

@@ -11,6 +11,7 @@ not; times go to ``OUT/timings.json``.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,11 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
                 else [a for a in bb.attacks if a in bb.defended_attacks]
             for attack in attacks:
                 for k, shard in enumerate(shards):
-                    jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}", f"{JOBS}:blackbox_job",
+                    adaptive = {"adaptive_k": bb.adaptive_k} if bb.adaptive_k > 1 and parse_defense(defense)[0] != "none" else {}
+                    tag = f"|k{bb.adaptive_k}" if adaptive else ""
+                    jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}{tag}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
-                                     "budgets": bb.budgets, "norm": bb.norm, "shard": k}))
+                                     "budgets": bb.budgets, "norm": bb.norm, "shard": k, **adaptive}))
     if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",
@@ -226,9 +229,11 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
     for (run, attack, defense), parts in shards.items():
         parts.sort(key=lambda p: p["shard"])
         name, params = parse_defense(defense)
-        for rec in summarise(attack, name, parts, bcfg, params, costs.get((run, defense))):
+        k = int(parts[0].get("adaptive_k", 1))
+        for rec in summarise(attack, name, parts, replace(bcfg, adaptive_k=k), params, costs.get((run, defense))):
             kept, _ = split_timings(rec)
-            res["blackbox"].append({"run": run, **kept})
+            res["blackbox"].append({"run": run, **kept,
+                                    "randomized_target": bool(parts[0].get("randomized_target", False))})
         res["strips"][f"{run}|{attack}|{defense}"] = {"index": parts[0]["indices"][0],
                                                       "image_shape": parts[0]["image_shape"],
                                                       "original": parts[0]["first_image"],

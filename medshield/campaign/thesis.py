@@ -148,6 +148,9 @@ FULL_ONLY = {"chest_xray": "the 224x224 Kermany set is the full preset's (--pres
 
 
 def _campaign(**sections: Any) -> CampaignConfig:
+    """The thesis attacked its noise defenses with a naive (non-adaptive) attacker: ``adaptive_k = 1``."""
+    if "blackbox" in sections:
+        sections["blackbox"] = {"adaptive_k": 1, **sections["blackbox"]}
     return CampaignConfig.model_validate({"title": "Thesis reproduction", "detection": {"enabled": False}, **sections})
 
 

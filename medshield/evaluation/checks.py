@@ -38,6 +38,14 @@ def check_randomised(model: nn.Module, x: torch.Tensor) -> Check:
 
 
 @torch.no_grad()
+def is_randomised(model: nn.Module, x: torch.Tensor) -> bool:
+    """Quietly: do two forward passes on the same inputs differ (a randomised model or defense)?"""
+    with eval_mode(model):
+        a, b = model(x), model(x)
+    return bool(a.numel()) and float((a - b).abs().max()) > 1e-5
+
+
+@torch.no_grad()
 def check_softmax_output(model: nn.Module, x: torch.Tensor) -> Check:
     """Outputs that are non-negative rows summing to 1 look like probabilities, not logits (weak gradients)."""
     with eval_mode(model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -239,9 +239,9 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
                         extra["distance_norm"] = str(attack.norm)
                     else:
                         result = run_batched(attack, target, x, y, eps, job.batch_size, job.seed)
-                    if randomized:
-                        result.queries = result.queries * draws
-                        result.extras["logits"] = predict(model, result.adversarial)
+                    if randomized:  # every draw is a model query; judge by one fresh draw of the model itself
+                        result = replace(result, queries=result.queries * draws,
+                                         extras={**result.extras, "logits": predict(model, result.adversarial)})
                     rec = summarise(result, x, y, clean_logits, positive_class, eps, job.norm)
                     rec["checks"] = merge_checks(base_checks, rec["checks"])
                     return {**meta, "attack": name, "eps": eps, "eps_label": eps_label(eps), "norm": str(job.norm),
