@@ -35,7 +35,7 @@ def crosscheck(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, s
     """Robust accuracy of the reference standard AutoAttack, our APGD-CE and our AutoAttack (standard)."""
     ref_module = pytest.importorskip("pyautoattack")
     ref = ref_module.AutoAttack(Padded(model).eval(), norm="Linf", eps=eps, version="standard", seed=seed, device="cpu")
-    ref_adv = ref.run_standard_evaluation(x, y, bs=x.shape[0])
+    ref_adv, _ = ref.run_standard_evaluation(x, y, batch_size=x.shape[0])
     with torch.no_grad():
         ref_acc = float((predict_labels(model(ref_adv)) == y).float().mean())
     gen = torch.Generator().manual_seed(seed)
