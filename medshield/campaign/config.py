@@ -77,6 +77,11 @@ class TrainingDefenseSpec(Section):
     enabled: bool = False
     defenses: list[str] = ["at", "ant"]
     train_attack: str = "mifgsm"
+    train_attacks: dict[str, str] = Field({}, description="per-defense train attack overriding train_attack, "
+                                                           "e.g. {ant: fgsm_iter}")
+    source: str = Field("online", pattern="^(online|fixed)$",
+                        description="adversarials from the model being trained (online) or once from the "
+                                    "pre-trained model (fixed, as the thesis)")
     train_eps: str = "2/255"
     train_steps: int = 5
     epochs: int = Field(3, ge=1)

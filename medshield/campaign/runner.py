@@ -62,7 +62,8 @@ def validate(cfg: CampaignConfig) -> None:
     from medshield.evaluation.blackbox import parse_defense
     from medshield.evaluation.whitebox import parse_eps
 
-    for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack]:
+    for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack,
+                                        *cfg.defenses.train_attacks.values()]:
         ATTACKS.get(name)
     for name, options in cfg.whitebox.attack_options.items():
         try:
@@ -167,9 +168,14 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
 
 def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any], out: Path) -> list[Job]:
     d = cfg.defenses
-    return [Job(f"defense|{_name(run)}|{defense}", f"{JOBS}:training_defense_job",
+
+    def tag(defense: str) -> str:  # fixed-source fine-tunes are other models than the online ones
+        return f"_fixed-{d.train_attacks.get(defense, d.train_attack)}" if d.source == "fixed" else ""
+
+    return [Job(f"defense|{_name(run)}|{defense}" + tag(defense).replace("_fixed", "|fixed", 1), f"{JOBS}:training_defense_job",
                 {"dataset": base["dataset"], "data_dir": base["data_dir"], "seed": cfg.seed, "defense": defense,
-                 "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}"), "train_attack": d.train_attack,
+                 "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}{tag(defense)}"),
+                 "train_attack": d.train_attacks.get(defense, d.train_attack), "source": d.source,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
                  "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg)})
             for run in runs if covers(d.runs, run) and is_run(run) for defense in d.defenses]

@@ -4,12 +4,15 @@ datasets are present, with its published numbers beside ours.
 The work is an ordinary audit campaign per dataset (:func:`medshield.campaign.audit.audit`: same jobs,
 same executors, same resumable ``jobs.json``) on models trained here (``OUT/models/<dataset>_<model>``,
 kept once trained). :data:`THESIS_NUMBERS` holds the published figures; :func:`ours` reads the matching
-figure from the campaign's records. Chapter 3: clean and white-box robust accuracy (Table 3-4);
-chapter 4: AT/ANT robust accuracy (Tables 4-1 to 4-3); chapter 5: decision-based attacks' mean L2 at
-10K queries (Table 5-4); chapter 6: mean L2 at 20K queries against RND/DND.
+figure from the campaign's records. Chapter 3: clean accuracy (Table 3-3) and white-box robust
+accuracy (Table 3-4); chapter 4: AT/ANT robust accuracy (Table 4-3 on the chest X-rays); chapter 5:
+decision-based attacks' mean L2 at 10K queries (Table 5-4); chapter 6: GBBA's mean L2 at 20K queries
+against RND/DND (Table 6-3). The thesis's "FGSM" is its Algorithm 1, iterative FGSM stopping at the first
+flip: ours is ``fgsm_iter``. AT/ANT attack the pre-trained model once (``source="fixed"``), as the thesis.
 
 Absolute L2 distances are not comparable: the thesis measures them on 224x224x3 images in its own pixel
-scale, ours on the images we attack in [0, 1]; only ratios (GBBA/HSJA, RND/none) carry over.
+scale, ours on the images we attack in [0, 1]; ratios (GBBA/HSJA, RND/none) cancel the pixel scale but
+still depend on the input dimension, so they compare only roughly.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from medshield.models.checkpoint import write_json
 
 CHAPTERS = {3: "Attacks on diagnosis models (white-box)", 4: "Training-time defenses (AT, ANT)",
             5: "Decision-based black-box attacks", 6: "Black-box defenses (RND, DND)"}
-THESIS_DATASETS = {"chest": "chest X-ray (Kermany, 224x224)", "breast": "breast cancer images"}
+THESIS_DATASETS = {"chest": "chest X-ray (Kermany, 224x224)", "breast": "breast cancer images",
+                   "ct": "COVID-CT (Yang et al. 2020, 224x224)"}
+# The thesis's attack names -> ours: its "FGSM" columns come from its Algorithm 1 (iterative FGSM).
+OUR_ATTACK = {"fgsm": "fgsm_iter"}
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class ThesisFigure:
 
     chapter: int
     table: str | None
-    dataset: str  # thesis dataset role: "chest" | "breast"
+    dataset: str  # thesis dataset role: "chest" | "breast" | "ct"
     model: str | None
     quantity: str  # clean_accuracy | robust_accuracy | mean_l2
     value: float
@@ -58,7 +64,7 @@ class ThesisFigure:
                 "mean_l2": "mean L2 of the label-only adversarials"}[self.quantity]
         parts = [what, f"of our {self.role} model"]
         if self.attack:
-            parts.append(f"under {self.attack.upper()}")
+            parts.append(f"under {OUR_ATTACK.get(self.attack, self.attack)}")
         if self.defense:
             parts.append(f"with defense {self.defense}")
         if self.budget:
@@ -73,41 +79,43 @@ def _acc(ch: int, table: str | None, ds: str, model: str | None, value: float, r
 
 
 def _l2(ch: int, table: str | None, attack: str, defense: str, budget: int, value: float) -> ThesisFigure:
-    return ThesisFigure(ch, table, "chest", None, "mean_l2", value, "L2", "blackbox", attack, defense, budget)
+    return ThesisFigure(ch, table, "chest", "DenseNet-121", "mean_l2", value, "L2", "blackbox", attack, defense, budget)
 
 
 THESIS_NUMBERS: tuple[ThesisFigure, ...] = (
-    _acc(3, None, "chest", "ResNet-50", 95.86, "resnet"),
-    _acc(3, None, "chest", "DenseNet-121", 96.03, "densenet"),
-    _acc(3, "3-4", "chest", "DenseNet-121", 96.03, "densenet"),
+    _acc(3, "3-3", "chest", "ResNet-50", 95.86, "resnet"),
+    _acc(3, "3-3", "chest", "DenseNet-121", 96.03, "densenet"),
+    _acc(3, "3-3", "breast", "ResNet-50", 95.51, "resnet"),
+    _acc(3, "3-3", "ct", "ResNet-50", 76.27, "resnet"),
+    _acc(3, "3-3", "ct", "DenseNet-121", 84.00, "densenet"),
     _acc(3, "3-4", "chest", "DenseNet-121", 0.0, "densenet", attack="mifgsm"),
-    _acc(3, "3-4", "breast", "ResNet", 95.51, "resnet"),
-    _acc(3, "3-4", "breast", "ResNet", 7.69, "resnet", attack="fgsm"),
-    *(_acc(4, "4-1..4-3", "chest", None, v, "hardened", attack=a, defense=d)
+    _acc(3, "3-4", "breast", "ResNet-50", 7.69, "resnet", attack="fgsm"),
+    *(_acc(4, "4-3", "chest", "DenseNet-121", v, "hardened", attack=a, defense=d)
       for d, a, v in (("none", "fgsm", 83.28), ("none", "mifgsm", 0.0), ("at", "fgsm", 91.21),
                       ("at", "mifgsm", 75.69), ("ant", "fgsm", 92.24), ("ant", "mifgsm", 85.34))),
     _l2(5, "5-4", "opt", "none", 10_000, 32.53),
     _l2(5, "5-4", "hsja", "none", 10_000, 7.47),
     _l2(5, "5-4", "gbba", "none", 10_000, 4.74),
-    _l2(6, None, "hsja", "none", 20_000, 2.23),
-    _l2(6, None, "hsja", "rnd", 20_000, 29.27),
-    _l2(6, None, "hsja", "dnd", 20_000, 38.98),
+    _l2(6, "6-3", "gbba", "none", 20_000, 2.23),
+    _l2(6, "6-3", "gbba", "rnd", 20_000, 29.27),
+    _l2(6, "6-3", "gbba", "dnd", 20_000, 38.98),
 )
 
-# Scale-free comparisons derived from the published L2 figures: (chapter, table, numerator, denominator)
-# with each side an (attack, defense, budget) key of THESIS_NUMBERS.
+# Ratios derived from the published L2 figures: (chapter, table, numerator, denominator) with each side
+# an (attack, defense, budget) key of THESIS_NUMBERS. They cancel the pixel scale, not the input dimension.
 RATIOS: tuple[tuple[int, str | None, tuple[str, str, int], tuple[str, str, int]], ...] = (
     (5, "5-4", ("gbba", "none", 10_000), ("hsja", "none", 10_000)),
     (5, "5-4", ("opt", "none", 10_000), ("hsja", "none", 10_000)),
-    (6, None, ("hsja", "rnd", 20_000), ("hsja", "none", 20_000)),
-    (6, None, ("hsja", "dnd", 20_000), ("hsja", "none", 20_000)),
+    (6, "6-3", ("gbba", "rnd", 20_000), ("gbba", "none", 20_000)),
+    (6, "6-3", ("gbba", "dnd", 20_000), ("gbba", "none", 20_000)),
 )
 
 
 @dataclass(frozen=True)
 class DatasetPlan:
     """One thesis dataset (``role``) as we run it: which file, which of our architectures stand in for
-    the thesis's (``models``: role -> architecture), how long each trains."""
+    the thesis's (``models``: role -> architecture), how long each trains, and the attack AT/ANT train on
+    where the thesis used another than the campaign's (``train_attacks``: defense -> attack)."""
 
     role: str
     dataset: str
@@ -120,7 +128,8 @@ class DatasetPlan:
     size: int | None = None
     rgb: bool = False
     resize: int | None = None
-    same_as_thesis: bool = False  # the thesis's own data and architectures
+    same_as_thesis: bool = False  # the thesis's own data and architectures (ours trained from scratch)
+    train_attacks: dict[str, str] = field(default_factory=dict)
 
     def run_name(self, role: str) -> str:
         arch = self.models[role]
@@ -144,7 +153,11 @@ class ThesisPreset:
 STANDIN = {"resnet": "resnet18", "densenet": "smallcnn"}
 PNEUMONIA = "PneumoniaMNIST (28x28 grey) stands in for the thesis's 224x224 chest X-ray set"
 BREAST = "BreastMNIST (28x28 grey, BUSI ultrasound) stands in for the thesis's breast cancer set"
-FULL_ONLY = {"chest_xray": "the 224x224 Kermany set is the full preset's (--preset full, GPU)"}
+FULL_ONLY = {"chest_xray": "the 224x224 Kermany set is the full preset's (--preset full, GPU)",
+             "COVID-CT": "the 224x224 CT set is the full preset's (--preset full, GPU)"}
+BUDGETS = [1000, 5000, 10_000, 15_000, 20_000]  # the thesis's query budgets
+# AT/ANT attack the pre-trained model once (a fixed adversarial set), as the thesis.
+FIXED = {"source": "fixed"}
 
 
 def _campaign(**sections: Any) -> CampaignConfig:
@@ -157,7 +170,7 @@ def _campaign(**sections: Any) -> CampaignConfig:
 PRESETS: dict[str, ThesisPreset] = {
     "quick": ThesisPreset(
         "quick", "CPU minutes: small stand-ins (smallcnn for DenseNet-121, resnet18 for ResNet-50) on the 28x28 "
-                 "sets, few epochs and images; black-box budgets 1K-20K on 4 images (RND/DND against HSJA only, "
+                 "sets, few epochs and images; black-box budgets 1K-20K on 4 images (RND/DND against GBBA only, "
                  "as in chapter 6)",
         (DatasetPlan("chest", "pneumoniamnist", "pneumoniamnist.npz", PNEUMONIA, STANDIN, {"resnet": 2, "densenet": 10}),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", BREAST, STANDIN, {"resnet": 6, "densenet": 10})),
@@ -165,9 +178,9 @@ PRESETS: dict[str, ThesisPreset] = {
                   whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255", "4/255"], "n_images": 150,
                             "batch_size": 150},
                   transfer={"n_images": 100},
-                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 4, "shard_size": 4,
-                            "defended_attacks": ["hsja"]},
-                  defenses={"enabled": True, "epochs": 1, "eval_attacks": "fgsm,mifgsm,pgd", "eval_n": 150}),
+                  blackbox={"budgets": BUDGETS, "n_images": 4, "shard_size": 4, "defended_attacks": ["gbba"]},
+                  defenses={"enabled": True, "epochs": 1, "eval_attacks": "fgsm_iter,mifgsm,pgd", "eval_n": 150,
+                            **FIXED}),
         skip=FULL_ONLY),
     "full": ThesisPreset(
         "full", "the thesis's scale: ResNet-50 and DenseNet-121 at 224x224 on the Kermany chest X-rays (and "
@@ -177,12 +190,14 @@ PRESETS: dict[str, ThesisPreset] = {
                      same_as_thesis=True),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", "BreastMNIST upscaled to 224x224 RGB stands in for "
                      "the thesis's breast cancer set", {"resnet": "resnet50", "densenet": "densenet121"},
-                     {"resnet": 10, "densenet": 10}, rgb=True, resize=224)),
+                     {"resnet": 10, "densenet": 10}, rgb=True, resize=224),
+         DatasetPlan("ct", "covid_ct", "COVID-CT", "the thesis's own CT set (COVID-CT, official split, 224x224 RGB)",
+                     {"resnet": "resnet50", "densenet": "densenet121"}, {"resnet": 10, "densenet": 10}, rgb=True,
+                     same_as_thesis=True, train_attacks={"at": "mifgsm", "ant": "fgsm_iter"})),
         _campaign(whitebox={"attacks": ["fgsm", "bim", "pgd", "mifgsm"], "eps": ["1/255", "2/255", "4/255", "8/255"],
                             "n_images": 500, "batch_size": 32},
-                  blackbox={"budgets": [1000, 5000, 10_000, 20_000], "n_images": 50, "shard_size": 5,
-                            "defended_attacks": ["hsja"]},
-                  defenses={"enabled": True, "epochs": 5}, device="auto"),
+                  blackbox={"budgets": BUDGETS, "n_images": 50, "shard_size": 5, "defended_attacks": ["gbba"]},
+                  defenses={"enabled": True, "epochs": 5, **FIXED}, device="auto"),
         device="auto"),
     "tiny": ThesisPreset(
         "tiny", "a smoke test (seconds per step): two smallcnns, 1 epoch, a few images, budgets 200/500",
@@ -193,9 +208,9 @@ PRESETS: dict[str, ThesisPreset] = {
         _campaign(clean={"bootstrap": 50},
                   whitebox={"attacks": ["fgsm", "mifgsm"], "eps": ["2/255"], "n_images": 40, "grid_images": 1},
                   transfer={"n_images": 40},
-                  blackbox={"budgets": [200, 500], "n_images": 4, "shard_size": 4, "defended_attacks": ["hsja"]},
-                  defenses={"enabled": True, "epochs": 1, "train_steps": 2, "eval_attacks": "fgsm,mifgsm",
-                            "eval_n": 40}),
+                  blackbox={"budgets": [200, 500], "n_images": 4, "shard_size": 4, "defended_attacks": ["gbba"]},
+                  defenses={"enabled": True, "epochs": 1, "train_steps": 2, "eval_attacks": "fgsm_iter,mifgsm",
+                            "eval_n": 40, **FIXED}),
         skip=FULL_ONLY),
 }
 
@@ -228,8 +243,10 @@ def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
     from medshield.evaluation.whitebox import parse_eps
 
     chapters = {f.chapter for f in THESIS_NUMBERS if f.dataset == plan.role}
-    wb = cfg.whitebox
-    attacks = list(dict.fromkeys([*wb.attacks, "fgsm", "mifgsm"]))
+    wb, d = cfg.whitebox, cfg.defenses
+    thesis_attacks = [OUR_ATTACK.get(a, a) for a in ("fgsm", "mifgsm")]
+    attacks = list(dict.fromkeys([*wb.attacks, *thesis_attacks]))
+    eval_attacks = ",".join(dict.fromkeys([*d.eval_attacks.split(","), *thesis_attacks]))
     eps = wb.eps if any(math.isclose(e, parse_eps(cfg.transfer.eps)[0]) for e in parse_eps(wb.eps)) \
         else [*wb.eps, cfg.transfer.eps]
     return cfg.model_copy(update={
@@ -238,8 +255,9 @@ def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
         "blackbox": cfg.blackbox.model_copy(update={"enabled": cfg.blackbox.enabled and bool(chapters & {5, 6}),
                                                     "runs": [plan.run_name(plan.blackbox)]}),
         "detection": cfg.detection.model_copy(update={"runs": [plan.run_name(plan.blackbox)]}),
-        "defenses": cfg.defenses.model_copy(update={"enabled": cfg.defenses.enabled and 4 in chapters,
-                                                    "runs": [plan.run_name(plan.hardened)]}),
+        "defenses": d.model_copy(update={"enabled": d.enabled and 4 in chapters, "runs": [plan.run_name(plan.hardened)],
+                                         "eval_attacks": eval_attacks,
+                                         "train_attacks": {**d.train_attacks, **plan.train_attacks}}),
     })
 
 
@@ -305,12 +323,13 @@ def ours(fig: ThesisFigure, res: dict[str, Any], run: str, eps: float) -> tuple[
         rec = next((r for r in res["clean"] if r["run"] == run), None)
         return (None if rec is None else 100 * rec["accuracy"]), {}
     if fig.quantity == "robust_accuracy":
+        attack = OUR_ATTACK.get(fig.attack or "", fig.attack)
         if fig.defense in (None, "none"):
-            rec = next((r for r in res["whitebox"] if r["run"] == run and r["attack"] == fig.attack
+            rec = next((r for r in res["whitebox"] if r["run"] == run and r["attack"] == attack
                         and _close(r["eps"], eps)), None)
         else:
             rec = next((r for r in res["defenses"] if r["base_run"] == run and r["defense"] == fig.defense
-                        and r["eval_attack"] == fig.attack and _close(r["eps"], eps)), None)
+                        and r["eval_attack"] == attack and _close(r["eps"], eps)), None)
         return (None if rec is None else 100 * rec["robust_accuracy"]), {"eps": eps}
     recs = [r for r in res["blackbox"] if r["run"] == run and r["attack"] == fig.attack and r["defense"] == fig.defense]
     budget = _pick_budget(recs, fig.budget or 0)
@@ -326,7 +345,8 @@ def comparability(fig: ThesisFigure, plan: DatasetPlan | None) -> str:
         return "no: pixel scale differs; compare the ratio rows"
     if plan is None:
         return "–"
-    data = "same data/model" if plan.same_as_thesis else "stand-in data/model"
+    data = "thesis's data and architecture, but trained from scratch, unfrozen" if plan.same_as_thesis \
+        else "stand-in data/model"
     return f"yes ({data})" if fig.quantity == "clean_accuracy" else f"roughly: eps may differ ({data})"
 
 
@@ -343,6 +363,8 @@ def figure_record(fig: ThesisFigure, plan: DatasetPlan | None, runs: dict[str, s
     run = Path(runs[role]).name
     value, extra = ours(fig, res, run, eps)
     note = f"ours: {plan.models[role]} on {plan.dataset}"
+    if fig.attack in OUR_ATTACK:
+        note += f", {OUR_ATTACK[fig.attack]} (the thesis's Algorithm 1)"
     if "eps" in extra:
         from medshield.evaluation.whitebox import eps_label
 
@@ -358,7 +380,8 @@ def figure_record(fig: ThesisFigure, plan: DatasetPlan | None, runs: dict[str, s
 
 
 def ratio_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scale-free ratios of the L2 rows (thesis's and ours), e.g. RND/none at 20K queries."""
+    """Ratios of the L2 rows (thesis's and ours), e.g. RND/none at 20K queries: the pixel scale cancels, the
+    input dimension does not (a distance grows with it differently for each attack and defense)."""
     def find(key: tuple[str, str, int]) -> dict[str, Any] | None:
         return next((r for r in records if r["quantity"] == "mean_l2" and (r["attack"], r["defense"], r["budget"]) == key), None)
 
@@ -373,7 +396,7 @@ def ratio_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "attack": f"{num[0]}/{den[0]}", "defense": f"{num[1]}/{den[1]}", "budget": num[2], "label": label,
                     "thesis": a["thesis"] / b["thesis"], "ours": ours_ratio, "unit": "ratio",
                     "maps_to": f"mean L2 ratio {label} at {num[2]:,} queries",
-                    "comparable": "yes: scale-free ratio",
+                    "comparable": "roughly: pixel scale cancels, input dimension does not",
                     "note": f"thesis ratio from its published {a['thesis']} / {b['thesis']}"
                             + (f"; {a['note']}" if a.get("our_run") else "")})
     return out

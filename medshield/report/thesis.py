@@ -11,19 +11,22 @@ from medshield.report.document import Paragraph, Section, Table, render_html, re
 
 L2_NOTE = ("The thesis's L2 distances are measured on 224x224x3 images in its own pixel scale; ours on the images "
            "we attack, in [0, 1] (28x28x1 in the quick preset: 1/192 as many values). Absolute L2 values are "
-           "therefore not comparable; the ratio rows (one attack's or defense's distance over another's, on the "
-           "same images) are.")
+           "therefore not comparable. The ratio rows (one attack's or defense's distance over another's, on the "
+           "same images) cancel the pixel scale but still depend on the input dimension, so they compare roughly.")
 INTRO = {
-    3: "Clean accuracy of the two architectures and their robust accuracy under white-box attacks (Table 3-4).",
-    4: "Robust accuracy of the undefended model and of adversarial training (AT) and adversarial noise training "
-       "(ANT) fine-tunes, under FGSM and MI-FGSM (Tables 4-1 to 4-3).",
+    3: "Clean accuracy of the two architectures (Table 3-3) and their robust accuracy under white-box attacks "
+       "(Table 3-4). The thesis's FGSM is its Algorithm 1 (iterative FGSM stopping at the first flip): ours is "
+       "fgsm_iter.",
+    4: "Robust accuracy of the undefended DenseNet-121 and of its adversarial training (AT) and adversarial noise "
+       "training (ANT) fine-tunes, under FGSM (Algorithm 1) and MI-FGSM (Table 4-3, chest X-rays). As in the "
+       "thesis, the adversarial training set comes once from the pre-trained model.",
     5: "Mean L2 distance of the adversarial found by each label-only attack within 10K queries (Table 5-4). " + L2_NOTE,
-    6: "Mean L2 distance HSJA reaches within 20K queries against the undefended model and the randomised "
-       "defenses RND and DND: a larger distance means a stronger defense. " + L2_NOTE,
+    6: "Mean L2 distance GBBA reaches within 20K queries against the undefended model and the randomised "
+       "defenses RND and DND (Table 6-3): a larger distance means a stronger defense. " + L2_NOTE,
 }
 
 
-ROLES = {"resnet": "ResNet", "densenet": "DenseNet-121"}
+ROLES = {"resnet": "ResNet-50", "densenet": "DenseNet-121"}
 
 
 def value_text(value: float | None, unit: str) -> str:
@@ -36,7 +39,8 @@ def value_text(value: float | None, unit: str) -> str:
     return f"{value:.3g}"
 
 
-NAMES = {"mifgsm": "MI-FGSM", "fgsm": "FGSM", "hsja": "HSJA", "gbba": "GBBA", "opt": "OPT", "none": "none",
+NAMES = {"mifgsm": "MI-FGSM", "fgsm": "FGSM", "fgsm_iter": "FGSM (Algorithm 1)", "hsja": "HSJA", "gbba": "GBBA",
+         "opt": "OPT", "none": "none",
          "rnd": "RND", "dnd": "DND", "at": "AT", "ant": "ANT"}
 
 
@@ -45,7 +49,7 @@ def name(key: str | None) -> str:
 
 
 def what_text(rec: dict[str, Any]) -> str:
-    """The row's quantity in words: ``robust acc., MI-FGSM``, ``mean L2, HSJA vs RND @ 20,000 q``."""
+    """The row's quantity in words: ``robust acc., MI-FGSM``, ``mean L2, GBBA vs RND @ 20,000 q``."""
     if rec["quantity"] == "l2_ratio":
         return f"L2 ratio {rec['label']} @ {rec['budget']:,} q"
     if rec["quantity"] == "mean_l2":
