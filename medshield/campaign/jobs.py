@@ -144,9 +144,9 @@ def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, spli
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
                          out: str, train_attack: str, train_eps: str, train_steps: int, epochs: int,
                          eval_attacks: str, eval_n: int | None, eval_eps: str, device: str = "cpu",
-                         source: str = "online") -> list[dict[str, Any]]:
+                         train_source: str = "online") -> list[dict[str, Any]]:
     """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training).
-    ``source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained."""
+    ``train_source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained."""
     from medshield.api import defend, run_info
     from medshield.models.train import TrainConfig
 
@@ -155,7 +155,7 @@ def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, d
     resume = (Path(out) / "state").exists()
     records = defend(dataset or info["data"]["dataset"], out, defense, model=model_name, data_dir=data_dir,
                      train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
-                     source=source, source_run=base_run if source == "fixed" else None,
+                     source=train_source, source_run=base_run if train_source == "fixed" else None,
                      train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
                      eval_eps=eval_eps, eval_n=eval_n, resume=resume, overwrite=not resume)
     return [{"base_run": Path(base_run).name, **r} for r in records]

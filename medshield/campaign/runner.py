@@ -175,7 +175,7 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
     return [Job(f"defense|{_name(run)}|{defense}" + tag(defense).replace("_fixed", "|fixed", 1), f"{JOBS}:training_defense_job",
                 {"dataset": base["dataset"], "data_dir": base["data_dir"], "seed": cfg.seed, "defense": defense,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}{tag(defense)}"),
-                 "train_attack": d.train_attacks.get(defense, d.train_attack), "source": d.source,
+                 "train_attack": d.train_attacks.get(defense, d.train_attack), "train_source": d.source,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
                  "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg)})
             for run in runs if covers(d.runs, run) and is_run(run) for defense in d.defenses]
