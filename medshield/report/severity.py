@@ -305,7 +305,8 @@ def _label_only(res: Mapping[str, Any], run: str, recs: list[dict[str, Any]]) ->
     f_max, atk_max = max(((f, a) for (a, b), f in frac.items() if b == top), default=(0.0, "?"))
     f_small = None if small_b is None else max(f for (a, b), f in frac.items() if b == small_b)
     sev, rule = label_only_level(f_small, f_max)
-    b_ev = small_b if f_small is not None and f_small >= f_max - 1e-12 else top
+    decided_small = f_small is not None and (sev == "high" or f_small >= f_max - 1e-12)
+    b_ev = small_b if decided_small else top  # the evidence shows the budget that decided the level
     f_ev = f_small if b_ev == small_b else f_max
     atk = max((a for (a, b) in frac if b == b_ev), key=lambda a: frac[(a, b_ev)])
     n = next(r.get("n_images") for r in recs)
