@@ -19,24 +19,10 @@ from medshield.api import seeded
 from medshield.data import load_dataset
 from medshield.errors import DataError
 from medshield.models import create_model
+from medshield.models.nets import conv_macs
 from medshield.models.train import TrainConfig
 
 from bench_train import timed_training
-
-
-def conv_macs(model: torch.nn.Module, size: int, channels: int) -> int:
-    total = 0
-
-    def hook(mod: torch.nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, channels, size, size))
-    for h in hooks:
-        h.remove()
-    return total
 
 
 def main() -> None:

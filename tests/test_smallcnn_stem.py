@@ -10,30 +10,13 @@ import torch
 
 from medshield.models import create_model, load_run
 from medshield.models.checkpoint import save_tensors
-from medshield.models.nets import SmallCNN, smallcnn_stem
+from medshield.models.nets import SmallCNN, conv_macs, smallcnn_stem
 
 
 @pytest.mark.parametrize(("size", "stem"), [(28, 1), (63, 1), (64, 2), (128, 4), (224, 4)])
 def test_stem_brings_inputs_to_32_63_px(size: int, stem: int) -> None:
     assert smallcnn_stem(size) == stem
     assert 28 <= size // stem < 64
-
-
-def conv_macs(model: torch.nn.Module, size: int, channels: int = 1) -> int:
-    """Multiply-accumulates of every convolution for one image."""
-    total = 0
-
-    def hook(mod: torch.nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
-        total += out[0].numel() * k
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, channels, size, size))
-    for h in hooks:
-        h.remove()
-    return total
 
 
 def test_cost_at_224_is_close_to_cost_at_56() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from monai.networks import nets
 
@@ -77,3 +78,21 @@ def backbone_and_head(name: str, net: nn.Module) -> tuple[list[nn.Module], str]:
 def new_head(in_features: int, num_classes: int, dropout: float = 0.5) -> nn.Sequential:
     """Transfer-learning head (thesis): global average pooling, dropout 0.5, linear."""
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+
+
+def conv_macs(model: nn.Module, size: int, channels: int = 1) -> int:
+    """Multiply-accumulates of every convolution of ``model`` for one ``channels``x``size``x``size`` image."""
+    total = 0
+
+    def hook(mod: nn.Conv2d, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out[0].numel() * mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
