@@ -163,6 +163,7 @@ def test_plan_limits_sections_to_runs_and_defended_attacks(demo_run: Path, demo_
     jobs = [j for j in plan(fixed, [str(demo_run)], "demo", None, tmp_path) if j.key.startswith("defense|")]
     assert [j.key for j in jobs] == [f"defense|{demo_run.name}|at|fixed-fgsm_iter"]
     assert jobs[0].kwargs["train_source"] == "fixed" and jobs[0].kwargs["train_attack"] == "fgsm_iter"
-    assert blackbox == [f"blackbox|{demo_run2.name}|{a}|{d}|l2|0" for d, a in
-                        (("none", "hsja"), ("none", "gbba"), ("rnd", "hsja"))]
+    # a randomised defense is attacked adaptively by default (majority over 5 repeats): its key says so
+    assert blackbox == [f"blackbox|{demo_run2.name}|{a}|{d}|l2|0{t}" for d, a, t in
+                        (("none", "hsja", ""), ("none", "gbba", ""), ("rnd", "hsja", "|k5"))]
     assert [k for k in keys if k.startswith("defense|")] == [f"defense|{demo_run.name}|at"]
