@@ -68,8 +68,9 @@ def test_calibration_fits_tolerance_and_next_step_exceeds(calibrated: dict[str, 
 def test_looser_tolerance_allows_more_noise_and_same_seed_same_choice(calibrated: dict[str, dict[str, Any]],
                                                                       demo_data: Any) -> None:
     strict = calibrated["rnd"]
-    loose = _cal(demo_data, "rnd", {}, CalibrationConfig(tolerance=Tolerance(0.05, 0.05), repeats=2, refine_steps=1))
+    loose = _cal(demo_data, "rnd", {}, CalibrationConfig(tolerance=Tolerance(0.05, 0.05), repeats=2, refine_steps=4))
     again = _cal(demo_data, "rnd", {}, CalibrationConfig(tolerance=Tolerance(0.01, 0.01), repeats=2, refine_steps=4))
+    # same grid and refinement, common random numbers: what fits 1 point fits 5 points
     assert loose["value"] > strict["value"]
     assert again["params"] == strict["params"] and again["curve"] == strict["curve"]
 
