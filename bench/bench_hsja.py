@@ -9,26 +9,36 @@ budget -- the same any-time accounting MedShield's oracle uses. foolbox counts i
 past an image's budget are still answered (the peers cannot be stopped) but never counted toward
 a result.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000
+The raw rate is the model's plain forward (eval, inference mode) at its best batch size from a
+measured sweep (8..4096 rows), printed with the sweep. ``--path`` runs ours through an inference path
+(medshield.models.inference: channels_last, bf16, compile); the peers always get the plain model.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000 --json out.json
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --model resnet18 --size 128 --n-images 4 --budgets 500,1000
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from medshield.attacks.decision import LabelOracle, model_label_fn  # noqa: E402
 from medshield.attacks.decision.hsja import HopSkipJump  # noqa: E402
 from medshield.data import load_dataset  # noqa: E402
 from medshield.evaluation.blackbox import select_images  # noqa: E402
-from medshield.models import class_logits, load_run, predict_labels  # noqa: E402
+from medshield.models import class_logits, create_model, load_run, predict_labels  # noqa: E402
+from medshield.models.inference import forward_rates, inference_path  # noqa: E402
 
 
 class Counting(nn.Module):
@@ -64,8 +74,11 @@ def starts_for(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack([x[torch.nonzero(y != label).squeeze(1)[0]] for label in y])
 
 
-def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
-    oracle = LabelOracle(model_label_fn(model), x, y, budgets)
+def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int],
+             path: str = "default") -> tuple[list[float], float, int]:
+    label_fn = model_label_fn(inference_path(model, path))
+    label_fn(x[:8])  # the batch-size sweep (once per model and input size) is set-up, not attack time
+    oracle = LabelOracle(label_fn, x, y, budgets)
     start = time.perf_counter()
     HopSkipJump().run(oracle, torch.Generator().manual_seed(0), starts=starts_for(x, y))
     return medians(oracle), time.perf_counter() - start, int(oracle.queries.sum())
@@ -102,42 +115,77 @@ def run_art(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[in
     return medians(wrapped.oracle), time.perf_counter() - start, wrapped.rows
 
 
-def raw_forward(model: nn.Module, x: torch.Tensor, rows: int, batch: int = 4096) -> float:
-    """Rows per second of the model's plain batched forward on ``rows`` random inputs."""
-    data = torch.rand(batch, *x.shape[1:])
-    start = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(max(1, rows // batch)):
-            model(data)
-    return max(1, rows // batch) * batch / (time.perf_counter() - start)
+def raw_forward(model: nn.Module, x: torch.Tensor) -> tuple[float, int, dict[int, float]]:
+    """The model's plain forward (eval, inference mode) in rows/s at its best batch size from a sweep."""
+    with torch.inference_mode():
+        rates = forward_rates(model, x.shape[1:], min_seconds=0.3)
+    best = max(rates, key=rates.__getitem__)
+    return rates[best], best, rates
+
+
+def load_target(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The model and ``n`` correctly classified test images (a trained run), or, without ``--run``, a
+    seeded randomly initialised ``--model`` whose own predictions are the labels (rates do not depend
+    on training; every implementation attacks the same classifier)."""
+    if args.run:
+        model, _ = load_run(args.run)
+    else:
+        torch.manual_seed(args.init_seed)
+        model = create_model(name=args.model, in_channels=1, num_classes=2, image_size=args.size)
+    model.eval()
+    part = load_dataset(args.dataset, args.data_dir, resize=None if args.run else args.size).test
+    if args.run:
+        idx = select_images(model_label_fn(model), part, args.n_images, seed=0)
+        return model, part.images(idx.tolist()), part.labels[idx]
+    x = part.images(list(range(min(len(part.labels), 256))))
+    pred = model_label_fn(model)(x)
+    half = args.n_images // 2
+    idx = torch.cat([torch.nonzero(pred == c).squeeze(1)[:n] for c, n in ((0, half), (1, args.n_images - half))])
+    if idx.numel() < args.n_images or pred[idx].unique().numel() < 2:
+        raise SystemExit(f"error: init seed {args.init_seed} does not predict both classes; try another --init-seed")
+    return model, x[idx], pred[idx]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", help="a trained run (default: a random-init --model at --size)")
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--init-seed", type=int, default=2)
     p.add_argument("--dataset", default="pneumoniamnist")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--budgets", default="1000,2000,5000")
     p.add_argument("--peers", default="foolbox,art")
+    p.add_argument("--path", default="default", help="ours' inference path: default, channels_last, bf16, compile (+)")
+    p.add_argument("--json", type=Path, help="write the contract figures here")
     args = p.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    model, _ = load_run(args.run)
-    model.eval()
-    part = load_dataset(args.dataset, args.data_dir).test
-    idx = select_images(model_label_fn(model), part, args.n_images, seed=0)
-    x, y = part.images(idx.tolist()), part.labels[idx]
-    rows = {}
-    rows["medshield"] = run_ours(model, x, y, budgets)
+    model, x, y = load_target(args)
+    fwd, fwd_batch, sweep = raw_forward(model, x)
+    rows = {"medshield": run_ours(model, x, y, budgets, args.path)}
     for peer in [s for s in args.peers.split(",") if s]:
         rows[peer] = {"foolbox": run_foolbox, "art": run_art}[peer](model, x, y, budgets)
-    fwd = raw_forward(model, x, rows["medshield"][2])
-    print(f"images {x.shape[0]}, budgets {budgets}, raw batched forward {fwd:,.0f} img/s")
-    print(f"{'impl':<10} {'queries/s':>10} {'vs fwd':>7} " + " ".join(f"{'med@' + str(b):>10}" for b in budgets) + "  ratio ours/peer")
-    ours = rows["medshield"][0]
+    print(f"images {tuple(x.shape)}, budgets {budgets}, threads {torch.get_num_threads()}, ours' path {args.path}")
+    print("raw forward sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items()))
+    print(f"raw forward at its best batch {fwd_batch}: {fwd:,.0f} rows/s")
+    print(f"{'impl':<10} {'queries/s':>10} {'vs fwd':>7} {'ours/this':>9} " + " ".join(f"{'med@' + str(b):>10}" for b in budgets)
+          + "  median L2 ours/this")
+    ours_med, ours_s, ours_q = rows["medshield"]
+    rate = {name: q / secs for name, (_, secs, q) in rows.items()}
     for name, (med, secs, q) in rows.items():
-        ratio = " ".join(f"{o / m:.3f}" for o, m in zip(ours, med))
-        print(f"{name:<10} {q / secs:>10,.0f} {q / secs / fwd:>7.2f} " + " ".join(f"{m:>10.4f}" for m in med) + f"  {ratio}")
+        ratio = " ".join(f"{o / m:.3f}" for o, m in zip(ours_med, med))
+        print(f"{name:<10} {rate[name]:>10,.0f} {rate[name] / fwd:>7.2f} {rate['medshield'] / rate[name]:>9.2f} "
+              + " ".join(f"{m:>10.4f}" for m in med) + f"  {ratio}")
+    if args.json:
+        out = {"ours_per_s": rate["medshield"], "foolbox_per_s": rate.get("foolbox"), "art_per_s": rate.get("art"),
+               "raw_per_s": fwd, "raw_batch": fwd_batch, "raw_sweep": {str(b): r for b, r in sweep.items()},
+               "ours_path": args.path, "images": x.shape[0], "image_shape": list(x.shape[1:]), "budgets": budgets,
+               "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+        for name in rows:
+            key = "ours" if name == "medshield" else name
+            out[f"{key}_median_l2"] = {str(b): m for b, m in zip(budgets, rows[name][0])}
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
-"""PGD-10 throughput: MedShield vs the raw cost of 10 forward+backward passes, foolbox and ART.
+"""PGD throughput: MedShield vs the raw cost of its forward+backward passes, foolbox and ART.
 
-Same model, same batch, same eps, printed side by side in one run:
+Same model, same batch, same eps and steps, measured round-robin and printed side by side in one run
+(images/s); ``--json FILE`` writes ours_per_s, foolbox_per_s, art_per_s, raw_per_s (the forward +
+input-gradient floor) and raw_batch (the batch all rows use):
 
     OMP_NUM_THREADS=1 python bench/bench_pgd.py --model smallcnn --batch 128 --repeats 3
+    OMP_NUM_THREADS=1 python bench/bench_pgd.py --model resnet50 --size 224 --channels 3 --batch 4 --steps 3 --repeats 2 --json pgd224.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,7 +26,8 @@ from medshield.attacks.base import attack_loss  # noqa: E402
 from medshield.models import create_model  # noqa: E402
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-STEPS = 10
+STEPS = 10  # --steps overrides
+OURS, FOOLBOX, ART, RAW = "medshield PGD", "foolbox 3.3.4 LinfPGD", "ART 1.20.1 PGD", "raw fwd+input-grad"
 
 
 def best_times(rows: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -39,14 +44,14 @@ def best_times(rows: dict[str, Callable[[], object]], repeats: int) -> dict[str,
 
 
 def raw_passes(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """The floor: 10 forward passes + input-gradient backward passes, nothing else."""
+    """The floor: ``STEPS`` forward passes + input-gradient backward passes, nothing else."""
     for _ in range(STEPS):
         xi = x.detach().requires_grad_(True)
         torch.autograd.grad(attack_loss(model(xi), y, False), xi)
 
 
 def raw_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """10 forward + ``loss.backward()`` (also computes weight gradients, as naive loops do)."""
+    """``STEPS`` forward + ``loss.backward()`` (also computes weight gradients, as naive loops do)."""
     for _ in range(STEPS):
         xi = x.detach().requires_grad_(True)
         attack_loss(model(xi), y, False).backward()
@@ -60,7 +65,7 @@ def peers(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
 
         fmodel = fb.PyTorchModel(model, bounds=(0, 1))
         fb_pgd = fb.attacks.LinfPGD(steps=STEPS, rel_stepsize=0.25)
-        out["foolbox 3.3.4 LinfPGD"] = lambda: fb_pgd(fmodel, x, y, epsilons=eps)
+        out[FOOLBOX] = lambda: fb_pgd(fmodel, x, y, epsilons=eps)
     except ImportError as exc:
         print(f"foolbox unavailable: {exc}")
     try:
@@ -72,37 +77,50 @@ def peers(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) 
         art_pgd = ProjectedGradientDescentPyTorch(clf, eps=eps, eps_step=0.25 * eps, max_iter=STEPS, num_random_init=1,
                                                   batch_size=x.shape[0], verbose=False)
         xn, yn = x.numpy(), y.numpy()
-        out["ART 1.20.1 PGD"] = lambda: art_pgd.generate(xn, yn)
+        out[ART] = lambda: art_pgd.generate(xn, yn)
     except ImportError as exc:
         print(f"ART unavailable: {exc} (pip install adversarial-robustness-toolbox packaging)")
     return out
 
 
 def main() -> None:
+    global STEPS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smallcnn")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eps", type=float, default=2 / 255)
+    parser.add_argument("--json", type=Path, help="write the contract figures here")
     args = parser.parse_args()
+    STEPS = args.steps
     torch.manual_seed(0)
-    model = create_model(name=args.model, in_channels=1, num_classes=2, image_size=args.size).eval()
-    x = torch.rand(args.batch, 1, args.size, args.size)
+    model = create_model(name=args.model, in_channels=args.channels, num_classes=2, image_size=args.size).eval()
+    x = torch.rand(args.batch, args.channels, args.size, args.size)
     y = torch.randint(0, 2, (args.batch,))
     attack = pgd(steps=STEPS)
     gen = torch.Generator().manual_seed(0)
-    rows = {"raw 10x fwd+input-grad": lambda: raw_passes(model, x, y),
-            "raw 10x fwd+loss.backward()": lambda: raw_backward(model, x, y),
-            "medshield PGD-10": lambda: attack.attack(model, x, y, eps=args.eps, generator=gen)}
+    rows = {RAW: lambda: raw_passes(model, x, y),
+            "raw fwd+loss.backward()": lambda: raw_backward(model, x, y),
+            OURS: lambda: attack.attack(model, x, y, eps=args.eps, generator=gen)}
     rows.update(peers(model, x, y, args.eps))
     times = best_times(rows, args.repeats)
-    ours = times["medshield PGD-10"]
-    print(f"model={args.model} batch={args.batch} size={args.size} threads={torch.get_num_threads()} (best of {args.repeats})")
+    ours = times[OURS]
+    print(f"model={args.model} batch={args.batch} size={args.size}x{args.channels} steps={STEPS} "
+          f"threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f} (best of {args.repeats}, round-robin)")
     print(f"{'':32s} {'images/s':>10s} {'medshield speed / this':>24s}")
     for name, t in times.items():
-        print(f"{name:32s} {args.batch / t:10.1f} {t / ours:24.2f}")
-    print(f"medshield PGD-10 / raw input-grad floor: {times['raw 10x fwd+input-grad'] / ours:.2f} (target >= 0.9)")
+        print(f"{name:32s} {args.batch / t:10.2f} {t / ours:24.2f}")
+    print(f"medshield PGD / raw input-grad floor: {times[RAW] / ours:.2f} (target >= 0.9)")
+    if args.json:
+        per_s = {name: args.batch / t for name, t in times.items()}
+        args.json.write_text(json.dumps({
+            "ours_per_s": per_s[OURS], "foolbox_per_s": per_s.get(FOOLBOX), "art_per_s": per_s.get(ART),
+            "raw_per_s": per_s[RAW], "raw_batch": args.batch, "raw_backward_per_s": per_s["raw fwd+loss.backward()"],
+            "model": args.model, "size": args.size, "channels": args.channels, "steps": STEPS, "repeats": args.repeats,
+            "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from medshield.models import eval_mode, predict_labels
+from medshield.models.inference import best_batch_size, chunks, is_stochastic
 from medshield.types import Norm
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -25,15 +26,20 @@ QueryHook = Callable[[torch.Tensor, torch.Tensor], None]
 """Called with ``(image_index [M], queries [M, C, H, W])`` before each batch is answered (detectors, logs)."""
 
 
-def model_label_fn(model: nn.Module, batch_size: int = 4096) -> LabelFn:
-    """A :data:`LabelFn` over a local model: eval mode, no grad, chunks of ``batch_size``; works for
-    1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`."""
-    device = next(model.parameters()).device
+def model_label_fn(model: nn.Module, batch_size: int | None = None) -> LabelFn:
+    """A :data:`LabelFn` over a local model: eval mode, inference mode, chunks of ``batch_size`` rows;
+    works for 1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`.
 
-    @torch.no_grad()
+    ``batch_size=None`` picks the chunk from a measured sweep (:func:`best_batch_size`, once per row
+    shape) and never sends chunks under 8 rows, which keeps every label as one big batch gives it; a model that draws its own noise per
+    call (a randomised defense) keeps one call per 4096 rows, so its draws stay as they were."""
+    device = next(model.parameters()).device
+    fixed = batch_size or (4096 if is_stochastic(model) else None)
+
     def labels(x: torch.Tensor) -> torch.Tensor:
-        with eval_mode(model):
-            out = [predict_labels(model(chunk.to(device))).cpu() for chunk in x.split(batch_size)]
+        parts = x.split(fixed) if fixed else chunks(x, best_batch_size(model, x.shape[1:]))
+        with eval_mode(model), torch.inference_mode():
+            out = [predict_labels(model(chunk.to(device))).cpu() for chunk in parts]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
     return labels

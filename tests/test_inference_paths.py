@@ -1,0 +1,115 @@
+"""Fast inference: the measured forward batch size never changes a label or an attack's result, and the
+optional inference paths keep labels identical on the real PneumoniaMNIST test set."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medshield.attacks.decision import model_label_fn
+from medshield.attacks.decision.hsja import HopSkipJump
+from medshield.defenses.inference import RND
+from medshield.models import create_model
+from medshield.models.inference import (MIN_CHUNK, InferencePath, best_batch_size, checked_inference_path, chunks,
+                                        forward_rates, inference_path, is_stochastic, labels_agree)
+from tests.conftest import tiny_model
+
+
+def test_chunks_never_send_a_short_tail() -> None:
+    x = torch.arange(70).view(70, 1)
+    sizes = [c.shape[0] for c in chunks(x, 32)]
+    assert sizes == [32, 38] and torch.equal(torch.cat(list(chunks(x, 32))), x)
+    assert [c.shape[0] for c in chunks(x[:5], 64)] == [5]
+    assert [c.shape[0] for c in chunks(x[:64], 8)] == [8] * 8
+    assert all(c.shape[0] >= MIN_CHUNK for c in chunks(x, 8))
+
+
+def test_sweep_is_cached_and_leaves_the_global_rng_alone() -> None:
+    model = tiny_model(seed=1)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    size = best_batch_size(model, (1, 28, 28))
+    assert torch.equal(torch.rand(3), expected)
+    assert size in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    assert best_batch_size(model, (1, 28, 28)) == size  # cached
+    rates = forward_rates(model, (1, 8, 8), sizes=(8, 16), min_seconds=0.001)
+    assert set(rates) <= {8, 16} and all(r > 0 for r in rates.values())
+
+
+def test_auto_batch_gives_the_labels_and_attack_of_one_big_batch() -> None:
+    """Same seed: HSJA through the swept chunking ends with exactly the adversarials of 4096-row calls."""
+    model = tiny_model(seed=2)
+    x = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * torch.linspace(0, 1, 300).view(-1, 1, 1, 1)
+    auto, big = model_label_fn(model), model_label_fn(model, 4096)
+    y = big(x)
+    assert torch.equal(auto(x), y) and not auto(x).is_inference()
+    keep = torch.cat([torch.nonzero(y == c).squeeze(1)[:3] for c in (0, 1)])
+    runs = [HopSkipJump()(fn, x[keep], y[keep], [200, 600], seed=5) for fn in (auto, big)]
+    for budget in (200, 600):
+        assert torch.equal(runs[0][budget].adversarial, runs[1][budget].adversarial)
+        assert torch.equal(runs[0][budget].queries, runs[1][budget].queries)
+
+
+def test_randomised_defense_keeps_its_fixed_batch() -> None:
+    defended = RND(tiny_model(), nu=0.05, seed=0)
+    assert is_stochastic(defended) and not is_stochastic(tiny_model())
+    x = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    a = model_label_fn(defended)(x)
+    defended.generator.manual_seed(0)
+    assert torch.equal(a, model_label_fn(defended, 4096)(x))
+
+
+def test_inference_path_spec_is_checked() -> None:
+    model = tiny_model()
+    assert inference_path(model, "default") is model
+    assert isinstance(inference_path(model, "channels_last+bf16"), InferencePath)
+    with pytest.raises(ValueError):
+        inference_path(model, "fp8")
+    with pytest.raises(ValueError):
+        inference_path(model, "bf16+fp16")
+
+
+@pytest.fixture(scope="module")
+def pneumonia(shared_data: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """SmallCNN trained for 2 epochs on 800 PneumoniaMNIST images (400 per class), and the 624 test images."""
+    d = np.load(shared_data / "pneumoniamnist.npz")
+    all_y = torch.from_numpy(d["train_labels"]).long().flatten()
+    pick = torch.cat([torch.nonzero(all_y == c).squeeze(1)[:400] for c in (0, 1)])
+    x = torch.from_numpy(d["train_images"][pick.numpy()]).float().div(255).unsqueeze(1)
+    y = all_y[pick]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(name="smallcnn", in_channels=1, num_classes=2, image_size=28)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        model.train()
+        for _ in range(2):
+            for idx in torch.randperm(len(x)).split(32):
+                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    model.eval()
+    test = torch.from_numpy(d["test_images"]).float().div(255).unsqueeze(1)
+    return model, test
+
+
+@pytest.mark.parametrize("spec", ["channels_last", pytest.param("bf16", marks=pytest.mark.slow),
+                                  pytest.param("compile", marks=pytest.mark.slow)])
+def test_paths_keep_test_set_labels(pneumonia: tuple[torch.nn.Module, torch.Tensor], spec: str) -> None:
+    model, test = pneumonia
+    reference = model_label_fn(model, 256)
+    labels = reference(test)
+    assert 0.2 < labels.float().mean() < 0.9  # a trained model: both classes predicted
+    agree = labels_agree(reference, model_label_fn(inference_path(model, spec), 256), test)
+    if spec == "bf16":  # lower precision moves the boundary: the checked path refuses it where labels change
+        with pytest.warns(UserWarning) if agree < 1 else nullcontext():
+            checked = checked_inference_path(model, spec, test)
+        assert (checked is model) == (agree < 1)
+    else:
+        assert agree == 1.0
+        assert isinstance(checked_inference_path(model, spec, test), InferencePath)
