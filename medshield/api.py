@@ -14,6 +14,7 @@ import torch
 
 from medshield.data import Dataset, load_dataset
 from medshield.errors import MedShieldError
+from medshield.evaluation.identity import data_identity, model_fingerprint
 from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.multilabel import (
     FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
@@ -228,9 +229,11 @@ def attack(
     attack_kwargs: dict[str, dict[str, Any]] | None = None,
     grid: bool = True,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """White-box evaluation of one or more runs (several runs, e.g. grey and RGB, are reported side by
-    side); resumable. Writes ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
+    side); resumable: a stored job is reused only when its model, images, attack, parameters, eps and
+    seed are the same (else refused naming the difference, or recomputed with ``overwrite``). Writes ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
     from medshield.attacks import ATTACKS
     from medshield.evaluation.store import RecordStore
     from medshield.evaluation.whitebox import WhiteboxJob, parse_eps, run_whitebox
@@ -244,7 +247,7 @@ def attack(
                       direction=direction, attack_kwargs=attack_kwargs or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    store = RecordStore(out / "whitebox_jobs.json")
+    store = RecordStore(out / "whitebox_jobs.json", overwrite=overwrite)
     records, loaded = [], {}
     refs = _split_names(runs) if isinstance(runs, (str, list, tuple)) else [runs]
     for ref in refs:
@@ -258,7 +261,9 @@ def attack(
         x, y = _eval_images(ds, split, n, seed)
         meta = {"run": target.name, "model": model_label(target), "dataset": ds.name, "split": split,
                 "channels": ds.channels, "target_digest": target.digest}
-        records += run_whitebox(model, x, y, job, positive_class=ds.positive_class, store=store, meta=meta)
+        identity = {"model": model_fingerprint(target), "data": data_identity(ds.name, split, x, y)}
+        records += run_whitebox(model, x, y, job, positive_class=ds.positive_class, store=store, meta=meta,
+                                identity=identity)
         loaded[target.name] = (model, ds, x, y)
     write_json(out / "whitebox.json", records)
     write_whitebox_report(records, out, loaded if grid else {}, job)
@@ -278,8 +283,10 @@ def transfer(
     batch_size: int = 128,
     seed: int = 0,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Source x target transfer matrix; writes ``OUT/transfer.json``, ``transfer.md`` and ``transfer.png``."""
+    """Source x target transfer matrix (stored rows reused only from the same models, images, attack,
+    eps and seed; else refused or, with ``overwrite``, recomputed); writes ``OUT/transfer.json``, ``transfer.md`` and ``transfer.png``."""
     from medshield.attacks import create_attack
     from medshield.evaluation.store import RecordStore
     from medshield.evaluation.transfer import accuracy_matrix, transfer_records
@@ -292,10 +299,11 @@ def transfer(
     eps_values = parse_eps(eps)
     if len(eps_values) != 1:
         raise MedShieldError("transfer takes one eps")
-    models, sources, ds = {}, {}, None
+    models, sources, prints, ds = {}, {}, {}, None
     for run in runs:
         target, ds = load_target_and_data(run, dataset, data_dir, device)
         models[target.name] = target.model
+        prints[target.name] = model_fingerprint(target)
         if target.white_box is not None:
             sources[target.name] = target.white_box
         else:
@@ -309,8 +317,9 @@ def transfer(
     out.mkdir(parents=True, exist_ok=True)
     meta = {"attack": attack_name, "norm": norm, "dataset": ds.name, "split": split, "eps_label": eps_label(eps_values[0])}
     records = transfer_records(models, x, y, atk, eps_values[0], positive_class=ds.positive_class,
-                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json"), meta=meta,
-                               sources=sources)
+                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json", overwrite),
+                               meta=meta, sources=sources,
+                               identity={"models": prints, "data": data_identity(ds.name, split, x, y)})
     names, matrix = accuracy_matrix(records)
     write_json(out / "transfer.json", {"records": records, "names": names, "robust_accuracy": matrix,
                                         "clean_accuracy": {r["target"]: r["clean_accuracy"] for r in records}})
@@ -538,12 +547,14 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
              batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu",
-             surrogate: str | Path | None = None) -> dict[str, Any]:
+             surrogate: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
     ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
     such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
-    ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model)."""
+    ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model). Stored jobs
+    are reused only from the same model (or service), data, defense, attack, budgets and seed; others
+    are refused naming the difference, or recomputed with ``overwrite``."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
@@ -558,13 +569,16 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         raise MedShieldError("--n-images and every --budgets value must be positive")
     out = Path(out)
     if target:
-        summary, ds = _remote_blackbox(target, api_key, dataset, data_dir, split, out, cfg, substitute)
+        summary, ds = _remote_blackbox(target, api_key, dataset, data_dir, split, out, cfg, substitute, overwrite)
     else:
         if run is None:
             raise MedShieldError("give --run RUN (a local model) or --target URL (a live service)")
         system, ds = load_target_and_data(run, dataset, data_dir, device)
         before = remote_counts(system.model)
-        summary = run_blackbox(system.model, ds.split(split), out, cfg, positive_class=ds.positive_class, surrogate=substitute)
+        part = ds.split(split)
+        identity = {"model": model_fingerprint(system), "data": data_identity(ds.name, split, part.images(), part.labels)}
+        summary = run_blackbox(system.model, part, out, cfg, positive_class=ds.positive_class, surrogate=substitute,
+                               identity=identity, overwrite=overwrite)
         summary["target_identity"] = system.identity()
         if before is not None:  # a remote target: what went over the network during this run
             summary["remote"] = {k: v - before[k] for k, v in (remote_counts(system.model) or before).items()}
@@ -577,7 +591,8 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
 
 
 def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data_dir: str | Path | None,
-                     split: str, out: Path, cfg: Any, surrogate: Any = None) -> tuple[dict[str, Any], Dataset]:
+                     split: str, out: Path, cfg: Any, surrogate: Any = None,
+                     overwrite: bool = False) -> tuple[dict[str, Any], Dataset]:
     """Attack a live MedShield service: queries are packed into batch requests of ``cfg.batch_size``."""
     import os
 
@@ -592,8 +607,11 @@ def _remote_blackbox(target: str, api_key: str | None, dataset: str | None, data
         info = remote.info()
         channels, size = info["input_shape"][0], info["input_shape"][-1]
         ds = load_dataset(dataset, data_dir, size=size, rgb=channels == 3)
-        summary = run_blackbox(None, ds.split(split), out, cfg, label_fn=remote.labels, target=target,
-                               surrogate=surrogate)
+        part = ds.split(split)
+        identity = {"model": {"url": target, "model": info},
+                    "data": data_identity(ds.name, split, part.images(), part.labels)}
+        summary = run_blackbox(None, part, out, cfg, label_fn=remote.labels, target=target,
+                               surrogate=surrogate, identity=identity, overwrite=overwrite)
         summary["remote"] = {"model": info, "queries_sent": remote.queries, "requests": remote.requests}
     return summary, ds
 

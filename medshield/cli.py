@@ -24,6 +24,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root (def
 Dataset = Annotated[str, typer.Option("--dataset", help="demo, pneumoniamnist, breastmnist, chest_xray, ...")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (runs are reproducible).")]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Recompute jobs whose stored results came from other inputs (model, data, parameters).")]
 FailOn = Annotated[str | None, typer.Option("--fail-on", metavar="high|medium|low",
                                             help="For CI: exit with status 3 when a finding at or above this "
                                                  "severity exists (see docs/audit.md for the rules).")]
@@ -270,6 +271,7 @@ def attack(
     steps: Annotated[int | None, typer.Option(help="Iterations of the iterative attacks (default: each attack's own).")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """White-box attacks x eps; writes OUT/whitebox.json, whitebox.md, robust_vs_eps.png, grid.png."""
     from medshield import api
@@ -278,7 +280,7 @@ def attack(
     kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
     records = api.attack(refs(run, target), out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
                          n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs,
-                         device=device)
+                         device=device, overwrite=overwrite)
     keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
     emit({"records": [{k: r[k] for k in keys} for r in records], "out": str(out)})
 
@@ -299,12 +301,14 @@ def transfer(
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     device: Device = "cpu",
     seed: Seed = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Transfer matrix: adversarials made on each source, accuracy of every target; writes OUT/transfer.json."""
     from medshield import api
 
     records = api.transfer(refs(source, target, "--source RUNS and/or --target CARDS"), out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
-                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed, device=device)
+                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed, device=device,
+                           overwrite=overwrite)
     emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
 
 
@@ -429,6 +433,7 @@ def blackbox(
                                                    "model) for the surrogate attack.")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table."""
     from medshield import api
@@ -438,7 +443,7 @@ def blackbox(
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
                            budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
                            seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
-                           adaptive_k=adaptive, device=device, surrogate=surrogate)
+                           adaptive_k=adaptive, device=device, surrogate=surrogate, overwrite=overwrite)
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

@@ -131,3 +131,110 @@ def test_store_keeps_inputs_and_names_differences(tmp_path: Path) -> None:
     (tmp_path / "old.json").write_text(json.dumps({"jobs": {"k": {"v": 1}}}))  # an old store without inputs
     with pytest.raises(StaleRecordError, match="older MedShield"):
         RecordStore(tmp_path / "old.json").get_or_run("k", lambda: {"v": 2}, {"eps": 0.01})
+
+
+# ---- the stand-alone commands (attack, transfer, blackbox, with --run or --target CARD) ----
+
+def cards(root: Path, two_models: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Two cards with the very same text, each beside its own model folder (different weights)."""
+    out = []
+    for name, run in zip("ab", two_models):
+        folder = root / name
+        shutil.copytree(run, folder / "model")
+        (folder / "card.yaml").write_text("name: device\nmodel: {format: medshield_run, path: model}\n")
+        out.append(folder / "card.yaml")
+    return out[0], out[1]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in records]
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res.exit_code, res.output
+
+
+def one_line_error(code: int, output: str, *named: str) -> None:
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "--overwrite" in lines[0] and all(n in lines[0] for n in named), lines[0]
+
+
+ATTACK = ("--dataset", "demo", "--attack", "fgsm", "--eps", "4/255", "--n", "24")
+
+
+def test_attack_target_with_another_cards_model_is_refused_then_recomputed(
+        tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    """Fails on the old main: `attack --target` keyed its jobs by the card's name, so card B (another
+    model under the same name) got card A's records."""
+    a, b = cards(tmp_path, two_models)
+    out = tmp_path / "out"
+    assert cli("attack", "--target", a, *ATTACK, "--out", out)[0] == 0
+    first = (out / "whitebox.json").read_bytes()
+    store = (out / "whitebox_jobs.json").read_bytes()
+    assert cli("attack", "--target", a, *ATTACK, "--out", out)[0] == 0  # same inputs: reused
+    assert (out / "whitebox.json").read_bytes() == first and (out / "whitebox_jobs.json").read_bytes() == store
+    one_line_error(*cli("attack", "--target", b, *ATTACK, "--out", out), "model.model")
+    assert (out / "whitebox_jobs.json").read_bytes() == store  # refused before any work
+    assert cli("attack", "--target", b, *ATTACK, "--out", out, "--overwrite")[0] == 0
+    assert cli("attack", "--target", b, *ATTACK, "--out", tmp_path / "fresh")[0] == 0
+    again = untimed(json.loads((out / "whitebox.json").read_text()))
+    assert again == untimed(json.loads((tmp_path / "fresh" / "whitebox.json").read_text()))
+    assert again != untimed(json.loads(first))
+
+
+@pytest.mark.parametrize("change, named", [
+    (("--n", "12"), "data.n"), (("--seed", "1"), "seed"), (("--steps", "3"), "attack_config")])
+def test_attack_run_with_other_images_seed_or_params_is_refused(
+        tmp_path: Path, two_models: tuple[Path, Path], change: tuple[str, str], named: str) -> None:
+    out = tmp_path / "out"
+    args = ("attack", "--run", two_models[0], "--dataset", "demo", "--attack", "bim", "--eps", "4/255", "--n", "24",
+            "--steps", "2", "--out", out)
+    assert cli(*args)[0] == 0
+    code, output = cli(*args[:-2], *change, "--out", out)
+    one_line_error(code, output, named)
+
+
+def test_transfer_with_another_model_is_refused_then_recomputed(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, b = cards(tmp_path, two_models)
+    out = tmp_path / "out"
+    args = ("--dataset", "demo", "--attack", "fgsm", "--eps", "4/255", "--n", "24", "--out", out)
+    assert cli("transfer", "--source", two_models[0], "--target", a, *args)[0] == 0
+    one_line_error(*cli("transfer", "--source", two_models[0], "--target", b, *args), "targets")
+    assert cli("transfer", "--source", two_models[0], "--target", b, *args, "--overwrite")[0] == 0
+
+
+BLACKBOX = ("--dataset", "demo", "--attack", "hsja", "--budgets", "40", "--n-images", "4")
+
+
+def test_blackbox_target_with_another_cards_model_is_refused_then_recomputed(
+        tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    a, b = cards(tmp_path, two_models)
+    out = tmp_path / "out"
+    assert cli("blackbox", "--target", a, *BLACKBOX, "--out", out)[0] == 0
+    store = (out / "jobs.json").read_bytes()
+    assert cli("blackbox", "--target", a, *BLACKBOX, "--out", out)[0] == 0  # same inputs: reused
+    assert (out / "jobs.json").read_bytes() == store
+    one_line_error(*cli("blackbox", "--target", b, *BLACKBOX, "--out", out), "model.model")
+    assert (out / "jobs.json").read_bytes() == store
+    code, output = cli("blackbox", "--target", b, *BLACKBOX, "--out", out, "--overwrite")
+    assert code == 0, output
+    assert cli("blackbox", "--target", b, *BLACKBOX, "--out", tmp_path / "fresh")[0] == 0
+    fresh = json.loads((tmp_path / "fresh" / "blackbox.json").read_text())
+    assert untimed(json.loads((out / "blackbox.json").read_text())["records"]) == untimed(fresh["records"])
+
+
+def test_audit_target_card_runs_and_names_another_model(tmp_path: Path, two_models: tuple[Path, Path]) -> None:
+    """Fails on the old main: the campaign fingerprinted a card path as a run folder (a traceback)."""
+    from medshield.campaign.audit import audit
+
+    a, b = cards(tmp_path, two_models)
+    cfg = config(tmp_path / "c.yaml", clean__bootstrap=0)
+    audit([str(a)], tmp_path / "out", config=cfg)
+    with pytest.raises(StaleRecordError, match=r"run\.model "):
+        audit([str(b)], tmp_path / "out", config=cfg)

@@ -20,6 +20,7 @@ from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
 from medshield.errors import MedShieldError
 from medshield.evaluation.defended import defended_metrics
+from medshield.evaluation.identity import job_identity, model_fingerprint
 from medshield.evaluation.store import RecordStore
 from medshield.progress import progress_bar
 from medshield.registry import Registry
@@ -258,7 +259,8 @@ def clean_job(model: nn.Module, part: ImageSet, name: str, params: dict[str, flo
 
 def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
                  label_fn: LabelFn | None = None, target: str = "local",
-                 positive_class: int | None = None, surrogate: nn.Module | None = None) -> dict[str, Any]:
+                 positive_class: int | None = None, surrogate: nn.Module | None = None,
+                 identity: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run every (defense, attack, shard) job not yet in ``OUT/jobs.json``; returns the summary dict
     (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes.
 
@@ -266,7 +268,11 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     Each defense's clean metrics on the whole split are computed once and stored with the jobs.
     ``label_fn`` replaces the local model (e.g. a remote service's labels): its defenses are the
     service's own, so ``cfg.defenses`` must be ``["none"]``, records carry ``defense="remote"`` and no
-    clean metrics (they would spend the service's query budget)."""
+    clean metrics (they would spend the service's query budget).
+
+    ``identity`` (``{"model": ..., "data": ...}``, see :mod:`medshield.evaluation.identity`): a stored
+    job is reused only when it came from the same model, data, defense, attack, budgets, seed and
+    images; otherwise it is refused with the difference named, or recomputed with ``overwrite``."""
     if label_fn is not None and list(cfg.defenses) != ["none"]:
         raise MedShieldError("a remote target applies its own defenses; use --defense none with --target")
     if cfg.adaptive_k < 1:
@@ -277,7 +283,11 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     specs = [parse_defense(d) for d in cfg.defenses]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    store = RecordStore(out / "jobs.json")
+    store = RecordStore(out / "jobs.json", overwrite=overwrite)
+
+    def inputs(**parts: Any) -> dict[str, Any] | None:
+        return None if identity is None else job_identity(**identity, **parts)
+
     select_fn = label_fn or model_label_fn(model, cfg.batch_size)
     indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
@@ -289,7 +299,8 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
         clean = None
         if label_fn is None:
             clean = store.get_or_run(f"clean|{spec}|seed{cfg.seed}|repeats{cfg.clean_repeats}|n{len(part)}",
-                                     lambda: clean_job(model, part, name, params, cfg, positive_class))
+                                     lambda: clean_job(model, part, name, params, cfg, positive_class),
+                                     inputs(defense=spec, seed=cfg.seed, repeats=cfg.clean_repeats))
         fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(name, model=model, seed=cfg.seed, **params),
                                         cfg.batch_size)
         base_fn = model_label_fn(model, cfg.batch_size) if label_fn is None and name != "none" else None
@@ -302,8 +313,14 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
                 key = f"{tag if label_fn is None else defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|" \
                       f"seed{cfg.seed}{k_tag}{v_tag}{s_tag}|{','.join(map(str, indices[rows].tolist()))}"
                 desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
+                job_inputs = inputs(
+                    defense=spec if label_fn is None else defense, attack=attack, norm=cfg.norm,
+                    budgets=list(cfg.budgets), seed=cfg.seed + k, adaptive_k=cfg.adaptive_k,
+                    verify_repeats=cfg.verify_repeats if base_fn is not None else None,
+                    surrogate=model_fingerprint(cfg.surrogate_run) if s_tag and cfg.surrogate_run else None,
+                    images=indices[rows].tolist())
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
-                                                                  cfg.seed + k, desc, base_fn, surrogate)))
+                                                                  cfg.seed + k, desc, base_fn, surrogate), job_inputs))
             records += summarise(attack, defense, jobs, cfg, params if label_fn is None else {}, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),

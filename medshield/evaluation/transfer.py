@@ -11,6 +11,7 @@ from torch import nn
 
 from medshield.attacks import Attack
 from medshield.evaluation.metrics import classification_metrics
+from medshield.evaluation.identity import job_identity
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.whitebox import run_batched
 from medshield.models import predict, predict_labels, probabilities
@@ -27,11 +28,14 @@ def check_compatible(models: Mapping[str, nn.Module]) -> None:
 def transfer_records(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, attack: Attack, eps: float,
                      *, positive_class: int | None = None, batch_size: int = 128, seed: int = 0,
                      store: RecordStore | None = None, meta: Mapping[str, Any] | None = None,
-                     sources: Mapping[str, nn.Module] | None = None) -> list[dict[str, Any]]:
+                     sources: Mapping[str, nn.Module] | None = None,
+                     identity: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per (source, target): target accuracy on clean images and on the source's adversarials,
     and the fraction of the target's correctly classified images that the transferred attack flips.
     ``sources`` (default ``models``): the differentiable models adversarials are made on; a target
-    without gradients (ONNX without conversion, a remote endpoint) is only a transfer target."""
+    without gradients (ONNX without conversion, a remote endpoint) is only a transfer target.
+    ``identity``: ``{"models": {name: fingerprint}, "data": ...}``; a stored row is reused only when
+    its source, targets, images, attack, eps and seed are the same (else refused or recomputed)."""
     check_compatible(models)
     sources = models if sources is None else sources
     clean = {name: predict(m, x) for name, m in models.items()}
@@ -46,7 +50,10 @@ def transfer_records(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.
                         for target, tgt in models.items()]
 
             key = f"{source}|{attack!r}|{eps:.8g}"
-            records.extend(store.get_or_run(key, compute) if store is not None else compute())
+            inputs = None if identity is None else job_identity(
+                source=identity["models"][source], targets=[identity["models"][t] for t in models],
+                data=identity["data"], attack=repr(attack), eps=eps, seed=seed, batch_size=batch_size)
+            records.extend(store.get_or_run(key, compute, inputs) if store is not None else compute())
             advance(1, info=source)
     return records
 

@@ -19,6 +19,7 @@ from torch import nn
 from medshield.attacks import Attack, ExpectationModel, MinimizationAttack, create_attack
 from medshield.evaluation.checks import check_result, merge_checks, model_checks
 from medshield.evaluation.metrics import classification_metrics
+from medshield.evaluation.identity import job_identity
 from medshield.evaluation.store import RecordStore
 from medshield.models import eval_mode, predict, predict_labels, probabilities
 from medshield.progress import progress_bar
@@ -205,8 +206,12 @@ class WhiteboxJob:
 
 def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: WhiteboxJob, *,
                  positive_class: int | None = None, store: RecordStore | None = None,
-                 meta: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 meta: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run every attack x eps of ``job`` on ``(x, y)``; returns records (and keeps them in ``store``).
+
+    ``identity`` (the model's fingerprint and the data's, see :mod:`medshield.evaluation.identity`):
+    each stored record is reused only when it came from the same model, images, attack, parameters,
+    eps and seed; otherwise ``store`` refuses it with the difference named (or recomputes it).
 
     A randomised model (two forward passes disagree) is attacked through :class:`ExpectationModel`
     (EOT over ``job.eot_samples`` draws; ``queries`` count every draw) and the adversarials are judged
@@ -248,7 +253,10 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
                             "direction": job.direction, "attack_config": repr(attack), "randomized_model": randomized,
                             "eot_samples": draws, **rec, **extra}
 
-                rec = store.get_or_run(key, compute) if store is not None else compute()
+                inputs = None if identity is None else job_identity(
+                    **identity, attack=name, attack_config=repr(attack), eps=eps, norm=str(job.norm),
+                    direction=job.direction, seed=job.seed, batch_size=job.batch_size, eot_samples=draws)
+                rec = store.get_or_run(key, compute, inputs) if store is not None else compute()
                 records.append(rec)
                 advance(x.shape[0], info=f"{name} eps={eps_label(eps)} robust={rec['robust_accuracy']:.3f}")
     return records
