@@ -139,31 +139,38 @@ def test_label_only_hide_one_finding(mosaic_model) -> None:  # noqa: ANN001
           f"median L2 {records[0]['median_l2']:.2f} at 150 -> {last['median_l2']:.2f} at 400 queries")
 
 
-def test_target_check_reports_findings_of_a_multilabel_card(mosaic_model, tmp_path: Path) -> None:  # noqa: ANN001
-    """A TorchScript multi-label model + a CSV manifest of PNG mosaics (one 0/1 column per finding):
-    `target check` reports per-finding AUC/sensitivity/specificity equal to the in-process metrics."""
+def write_card_and_manifest(model: BoundedModel, x: torch.Tensor, y: torch.Tensor, names: list[str], folder: Path,
+                            n_test: int = 40, **output: object) -> None:
+    """``folder/card.yaml`` (a TorchScript export of ``model``) and ``folder/labels.csv``: PNG mosaics with
+    one 0/1 column per finding; the first ``n_test`` are the test split, then 10 val and 10 train."""
     import csv
 
     import yaml
     from PIL import Image
 
-    from medshield import api
-
-    model, x, y, names = mosaic_model
-    torch.jit.trace(model.net, x[:2]).save(str(tmp_path / "model.pt"))
+    torch.jit.trace(model.net, x[:2]).save(str(folder / "model.pt"))
     rows = []
-    for i in range(60):
-        Image.fromarray((x[i, 0] * 255).round().byte().numpy()).save(tmp_path / f"m{i}.png")
+    for i in range(n_test + 20):
+        Image.fromarray((x[i, 0] * 255).round().byte().numpy()).save(folder / f"m{i}.png")
         rows.append({"path": f"m{i}.png", **{n: int(v) for n, v in zip(names, y[i].tolist())},
-                     "split": "test" if i < 40 else ("val" if i < 50 else "train")})
-    with open(tmp_path / "labels.csv", "w", newline="") as f:
+                     "split": "test" if i < n_test else ("val" if i < n_test + 10 else "train")})
+    with open(folder / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     card = {"model": {"format": "torchscript", "path": "model.pt"},
             "input": {"size": 56, "channels": 1, "mean": [0.5], "std": [0.5]},
-            "output": {"kind": "logits", "task": "multilabel", "classes": names, "thresholds": 0.5}}
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+            "output": {"kind": "logits", "task": "multilabel", "classes": names, "thresholds": 0.5, **output}}
+    (folder / "card.yaml").write_text(yaml.safe_dump(card))
+
+
+def test_target_check_reports_findings_of_a_multilabel_card(mosaic_model, tmp_path: Path) -> None:  # noqa: ANN001
+    """A TorchScript multi-label model + a CSV manifest of PNG mosaics (one 0/1 column per finding):
+    `target check` reports per-finding AUC/sensitivity/specificity equal to the in-process metrics."""
+    from medshield import api
+
+    model, x, y, names = mosaic_model
+    write_card_and_manifest(model, x, y, names, tmp_path)
     check = api.target_check(tmp_path / "card.yaml", manifest=tmp_path / "labels.csv")
     ours = clean_finding_metrics(model, x[:40], y[:40], names, 0.5)
     for name in names:
@@ -190,3 +197,57 @@ def test_target_check_reports_findings_of_a_multilabel_card(mosaic_model, tmp_pa
     bad = CliRunner().invoke(app, ["target", "findings", str(tmp_path / "card.yaml"), "--manifest", str(tmp_path / "labels.csv"),
                                    "--out", str(tmp_path / "g"), "--modes", "remove"])
     assert bad.exit_code == 2 and "--modes must be hide" in bad.output
+
+
+def test_audit_of_a_multilabel_card_reports_per_finding(mosaic_model, tmp_path: Path) -> None:  # noqa: ANN001
+    """`medshield audit --target CARD` on a multi-label card (TorchScript, CSV manifest of PNG mosaics of
+    real PneumoniaMNIST radiographs): per-finding clean metrics equal to the in-process ones, a white-box
+    hide/add job per disease finding with the others unchanged on >= 95% of images, a label-only attack
+    on one finding's decision, and the per-finding table in the report, its executive summary and
+    audit.json (valid against the published schema)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+    from medshield.report.schema import validate_audit
+
+    model, x, y, names = mosaic_model
+    disease = [names[0], names[3]]
+    write_card_and_manifest(model, x, y, names, tmp_path, n_test=60, positive=disease)
+    cfg = {"clean": {"bootstrap": 100}, "whitebox": {"eps": ["8/255"], "n_images": 60},
+           "blackbox": {"budgets": [150, 400], "n_images": 6}, "transfer": {"enabled": False},
+           "detection": {"enabled": False}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "audit"
+    r = CliRunner().invoke(app, ["audit", "--target", str(tmp_path / "card.yaml"), "--dataset", str(tmp_path / "labels.csv"),
+                                 "--config", str(tmp_path / "c.yaml"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "audit.json").read_text())
+    validate_audit(res)
+    ml = res["multilabel"]
+    ours = clean_finding_metrics(model, x[:60], y[:60], names, 0.5, n_bootstrap=100)
+    for name in names:
+        assert ml["clean"][0]["findings"][name]["auc"] == pytest.approx(ours["findings"][name]["auc"], abs=1e-9)
+        assert ml["clean"][0]["findings"][name]["ci"]["auc"][0] <= ours["findings"][name]["auc"]
+    wb = ml["whitebox"]
+    assert sorted({(w["finding"], w["mode"]) for w in wb}) == sorted((f, m) for f in disease for m in ("hide", "add"))
+    hide = [w for w in wb if w["mode"] == "hide"]
+    n = sum(w["n"] for w in hide)
+    success = sum(w["success_rate"] * w["n"] for w in hide) / n
+    unchanged = sum(w["others_unchanged_rate"] * w["n"] for w in hide) / n
+    assert unchanged >= 0.95 and success >= 0.3, (success, unchanged)
+    lo = ml["label_only"]
+    assert {(r["finding"], r["mode"]) for r in lo} == {(disease[0], "hide")} and [r["budget"] for r in lo] == [150, 400]
+    assert lo[-1]["others_unchanged_rate"] == 1.0
+    found = json.loads((out / "findings.json").read_text())["findings"]
+    assert {f["threat"] for f in found} == {"finding_whitebox", "finding_label_only"}
+    html = (out / "report.html").read_text()
+    summary = html[html.index('id="summary"'):html.index('id="findings"')]
+    assert all(name in summary for name in names) and "hide one (white-box)" in summary
+    assert "Multi-label: results per finding" in html and (out / "report.pdf").stat().st_size > 0
+    print(f"\naudit of a multi-label card (4 findings, 60 test mosaics): AUC "
+          f"{[round(ml['clean'][0]['findings'][k]['auc'], 3) for k in names]}; hide one disease finding at 8/255 "
+          f"(20 steps, {n} attacks): success {success:.3f}, others unchanged {unchanged:.3f}; label-only hide "
+          f"{disease[0]} at 400 queries: success {lo[-1]['success_rate']:.2f} (n={lo[-1]['n']})")

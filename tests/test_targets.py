@@ -149,6 +149,8 @@ def test_clean_metrics_identical_across_formats(exported: dict) -> None:
     assert results["onnx"]["white_box_vs_predictions"]["same_label"] == 1.0
     assert results["onnx"]["target"]["runs_model_code"] is False
     assert results["monai_bundle"]["target"]["runs_model_code"] is True
+    print(f"\nclean test accuracy / AUC per format (624 images): "
+          f"{ {n: (round(r['test']['accuracy'], 4), round(r['test']['auc'], 4)) for n, r in results.items()} }")
 
 
 def test_pgd_identical_python_torchscript_onnx(exported: dict, tmp_path: Path) -> None:
@@ -161,6 +163,7 @@ def test_pgd_identical_python_torchscript_onnx(exported: dict, tmp_path: Path) -
     assert robust["python"] == robust["torchscript"], robust
     assert abs(robust["onnx"] - robust["python"]) <= 0.01, robust
     assert robust["python"] < 0.7
+    print(f"\nPGD 8/255 (10 steps, 100 images) robust accuracy per format: {robust}")
 
 
 def test_hsja_l2_identical_in_process_and_onnxruntime(exported: dict) -> None:
@@ -185,6 +188,8 @@ def test_hsja_l2_identical_in_process_and_onnxruntime(exported: dict) -> None:
     b = run_job("hsja", model_label_fn(ort.model), x, y, cfg, 7, "ort")
     assert len(y) >= 5 and a["l2"] == b["l2"] and a["queries"] == b["queries"] and a["sent_attack"] == b["sent_attack"]
     assert sum(np.isfinite(a["l2"]["150"])) >= 4
+    print(f"\nHSJA (seed 7, 150 queries, {len(y)} images) per-image L2, in process = onnxruntime: "
+          f"{np.round(a['l2']['150'], 4).tolist()}; queries {a['queries']}")
 
 
 def test_onnx_without_conversion_runs_label_only(exported: dict, tmp_path: Path) -> None:

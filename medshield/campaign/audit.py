@@ -31,7 +31,8 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     res = run_campaign(cfg, runs, out, dataset, data, overwrite=overwrite)
     figures = make_figures(res, out, runs, dataset, data, cfg.seed)
     names = ", ".join(ref_name(r) for r in runs)
-    dataset_name = res["clean"][0]["dataset"] if res["clean"] else (dataset or "")
+    clean = res["clean"] or (res.get("multilabel") or {}).get("clean") or []
+    dataset_name = clean[0]["dataset"] if clean else (dataset or "")
     (out / "campaign.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
     if command is None:
         command = " ".join(["medshield audit --run", ",".join(runs), *(["--dataset", dataset] if dataset else []),

@@ -90,6 +90,29 @@ class TrainingDefenseSpec(Section):
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
 
+class MultilabelSpec(Section):
+    """Multi-label targets (``output.task: multilabel``): per-finding clean metrics, white-box hide/add-one-
+    finding attacks at ``whitebox.eps`` on ``whitebox.n_images``, and a label-only attack on one finding's
+    decision at ``blackbox.budgets`` on ``blackbox.n_images`` (when those sections are enabled)."""
+
+    findings: list[str] | None = Field(None, description="findings attacked white-box; null = the card's "
+                                                          "positive (disease) findings, else all")
+    modes: list[str] = Field(["hide", "add"], description="hide: the finding reads absent; add: present")
+    steps: int = Field(20, ge=1, description="PGD steps of the white-box finding attack")
+    label_only_findings: list[str] | None = Field(None, description="findings attacked label-only; null = the "
+                                                                    "first finding attacked white-box")
+    label_only_modes: list[str] = ["hide"]
+    label_only_attack: str = "hsja"
+
+    @field_validator("modes", "label_only_modes")
+    @classmethod
+    def _modes(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if m not in ("hide", "add")]
+        if bad or not value:
+            raise ValueError(f"modes must be hide and/or add, got {value}")
+        return value
+
+
 class CampaignConfig(BaseModel):
     """Everything an audit runs; defaults suit a 28x28 model on a 2-core CPU (minutes, not hours)."""
 
@@ -103,6 +126,7 @@ class CampaignConfig(BaseModel):
     blackbox: BlackboxSpec = BlackboxSpec()
     detection: DetectionSpec = DetectionSpec()
     defenses: TrainingDefenseSpec = TrainingDefenseSpec()
+    multilabel: MultilabelSpec = MultilabelSpec()
     executor: str = Field("local", pattern="^(local|ray)$")
     workers: int = Field(1, ge=1)
     address: str | None = None

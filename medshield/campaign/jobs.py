@@ -191,3 +191,53 @@ def detection_job(run: str, dataset: str | None, data_dir: str | None, split: st
     model, ds = _load(run, dataset, data_dir, device)
     cfg = DetectionConfig(attacks=attacks, n_images=n_images, budget=budget, within=min(1000, budget), seed=seed)
     return {"run": ref_name(run), **run_detection(model, ds, cfg, split=split)}
+
+
+# ---- multi-label targets (one sigmoid per finding): per-finding jobs ----
+
+def _multilabel(run: str, dataset: str | None, data_dir: str | None, device: str) -> tuple[Target, Any, list[str], list[float]]:
+    target, ds = _load_target(run, dataset, data_dir, device)
+    return target, ds, target.class_names, target.card.output.threshold_list()
+
+
+def multilabel_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int,
+                         device: str = "cpu") -> dict[str, Any]:
+    """Per-finding AUC, sensitivity and specificity at the card's thresholds (bootstrap 95% CIs) on the split."""
+    from medshield.evaluation.multilabel import clean_finding_metrics
+
+    target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
+    part = ds.split(split)
+    metrics = clean_finding_metrics(target.model, part.images(), part.labels, names, thresholds,
+                                    n_bootstrap=bootstrap, seed=seed)
+    return {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
+            "disease": target.positive_names, **metrics}
+
+
+def multilabel_whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, finding: str,
+                            eps: list[float], modes: list[str], steps: int, n_images: int | None,
+                            device: str = "cpu") -> list[dict[str, Any]]:
+    """Hide / add one finding (:class:`~medshield.attacks.multilabel.FindingAttack`) at every eps on
+    ``n_images`` seeded images; success = the finding flipped and every other finding unchanged."""
+    from medshield.evaluation.multilabel import FindingAttackConfig, finding_whitebox_records
+
+    target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
+    x, _ = eval_images(ds, split, n_images, seed)
+    cfg = FindingAttackConfig(eps=list(eps), modes=tuple(modes), steps=steps, seed=seed)
+    recs = finding_whitebox_records(target.require_gradients(), x, names, thresholds, cfg, only=[names.index(finding)])
+    return [{"run": ref_name(run), **r, "images": int(x.shape[0])} for r in recs]
+
+
+def multilabel_label_only_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, finding: str,
+                              attack: str, budgets: list[int], modes: list[str], n_images: int,
+                              device: str = "cpu") -> list[dict[str, Any]]:
+    """A label-only attack on one finding's decision: the oracle answers the whole decision vector and
+    the attack is targeted at the vector with that finding flipped and the others held (the split's
+    images are the pool of starting points)."""
+    from medshield.evaluation.multilabel import FindingAttackConfig, finding_blackbox_records
+
+    target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
+    x, _ = eval_images(ds, split, n_images, seed)
+    cfg = FindingAttackConfig(modes=tuple(modes), budgets=list(budgets), blackbox_attack=attack, seed=seed)
+    recs = finding_blackbox_records(target.model, x, names, thresholds, cfg, pool=ds.split(split).images(),
+                                    only=[names.index(finding)])
+    return [{"run": ref_name(run), **r, "images": int(x.shape[0]), "pixels": int(x[0].numel())} for r in recs]

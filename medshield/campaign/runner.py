@@ -17,13 +17,14 @@ from typing import Any
 
 from medshield.campaign.config import CampaignConfig
 from medshield.campaign.identity import with_identity
-from medshield.campaign.jobs import derived_seed, split_timings
+from medshield.campaign.jobs import _load_target, derived_seed, split_timings
 from medshield.errors import MedShieldError
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
+from medshield.evaluation.whitebox import parse_eps
 from medshield.models.checkpoint import write_json
 from medshield.report.schema import SCHEMA_VERSION
-from medshield.targets import GRADIENTS_UNAVAILABLE, ref_name
+from medshield.targets import GRADIENTS_UNAVAILABLE, load_card, ref_name
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ def has_gradients(ref: str, base: dict[str, Any]) -> bool:
     return target.gradients
 
 
+def is_multilabel(ref: str) -> bool:
+    """A target card whose output is one sigmoid per finding (``output.task: multilabel``)."""
+    return Path(ref).is_file() and load_card(ref).output.task == "multilabel"
+
+
 def covers(names: list[str] | None, run: str) -> bool:
     """Whether a section limited to ``names`` (run folder names; None = all) covers ``run``."""
     return names is None or _name(run) in names
@@ -70,7 +76,8 @@ def validate(cfg: CampaignConfig) -> None:
             create_attack(name, norm=cfg.whitebox.norm, **options)
         except (TypeError, ValueError) as exc:
             raise MedShieldError(f"bad whitebox.attack_options for {name!r}: {exc}") from exc
-    for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks:
+    for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks + \
+            [cfg.multilabel.label_only_attack]:
         DECISION_ATTACKS.get(name)
     for spec in cfg.blackbox.defenses:
         parse_defense(spec)
@@ -88,6 +95,10 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
 
     base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed, **_device(cfg)}
     jobs: list[Job] = []
+    multi = [r for r in runs if is_multilabel(r)]
+    runs = [r for r in runs if r not in multi]
+    for run in multi:
+        jobs += _multilabel_jobs(cfg, run, base)
     for run in runs:
         if cfg.clean.enabled:
             jobs.append(Job(f"clean|{_name(run)}", f"{JOBS}:clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap}))
@@ -107,6 +118,29 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     return with_identity(jobs)
 
 
+def _multilabel_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
+    """Per-finding jobs of a multi-label target: clean metrics, white-box hide/add one finding (one job
+    per attacked finding), a label-only attack on one finding's decision."""
+    ml, name = cfg.multilabel, _name(run)
+    target, _ = _load_target(run, base["dataset"], base["data_dir"], base.get("device", "cpu"))
+    names = target.class_names
+    attacked = ml.findings or target.positive_names or names
+    unknown = [f for f in attacked + (ml.label_only_findings or []) if f not in names]
+    if unknown:
+        raise MedShieldError(f"multilabel findings {unknown} are not among {target.name}'s findings ({', '.join(names)})")
+    jobs = [Job(f"mlclean|{name}", f"{JOBS}:multilabel_clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap})]
+    if cfg.whitebox.enabled and has_gradients(run, base):
+        jobs += [Job(f"mlwhitebox|{name}|{f}", f"{JOBS}:multilabel_whitebox_job",
+                     {"run": run, **base, "finding": f, "eps": parse_eps(cfg.whitebox.eps), "modes": ml.modes,
+                      "steps": ml.steps, "n_images": cfg.whitebox.n_images}) for f in attacked]
+    if cfg.blackbox.enabled:
+        jobs += [Job(f"mlblackbox|{name}|{f}", f"{JOBS}:multilabel_label_only_job",
+                     {"run": run, **base, "finding": f, "attack": ml.label_only_attack, "budgets": cfg.blackbox.budgets,
+                      "modes": ml.label_only_modes, "n_images": cfg.blackbox.n_images})
+                 for f in (ml.label_only_findings or attacked[:1])]
+    return jobs
+
+
 def _attack_options(options: dict[str, Any] | None, eot_samples: int) -> dict[str, Any]:
     """Extra white-box job arguments, absent when they are the defaults (older jobs keep their arguments)."""
     out: dict[str, Any] = {"attack_kwargs": options} if options else {}
@@ -121,7 +155,7 @@ def _device(cfg: CampaignConfig) -> dict[str, str]:
 def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -> list[Job]:
     from medshield.evaluation.whitebox import parse_eps
 
-    models = list(dict.fromkeys(runs + cfg.transfer.models))
+    models = [m for m in dict.fromkeys(runs + cfg.transfer.models) if not is_multilabel(m)]
     if not cfg.transfer.enabled or len(models) < 2:
         return []
     eps = parse_eps(cfg.transfer.eps)[0]
@@ -214,6 +248,7 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
     res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
                            "defenses": [], "strips": {}}
+    multilabel: dict[str, list[Any]] = {"mlclean": [], "mlwhitebox": [], "mlblackbox": []}
     timings: dict[str, Any] = {}
     shards: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for job, out in zip(jobs, outputs):
@@ -226,9 +261,14 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
             res["defenses"] += kept
         elif kind in ("whitebox", "transfer"):
             res[kind] += kept
+        elif kind in multilabel:
+            multilabel[kind] += kept if isinstance(kept, list) else [kept]
         else:  # clean, defended_clean, detection: one record per job
             res[kind].append(kept)
     res["whitebox_worst_case"] = worst_case(res["whitebox"])
+    if multilabel["mlclean"]:  # per-finding results of multi-label targets (absent otherwise)
+        res["multilabel"] = {"clean": multilabel["mlclean"], "whitebox": multilabel["mlwhitebox"],
+                             "label_only": multilabel["mlblackbox"]}
     bb = cfg.blackbox
     bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=bb.norm)
     costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}

@@ -14,7 +14,8 @@ Record fields (one record per finding x mode x eps, or x budget):
 - label-only: ``kind="multilabel_blackbox"``, ``attack`` (``hsja``...), ``finding``, ``finding_index``,
   ``mode``, ``norm``, ``budget``, ``n``, ``success_rate``, ``median_l2`` (over successes), ``flip_rate``,
   ``others_unchanged_rate``, ``others_unchanged_given_flip``, ``mean_queries``, ``keep_others`` (whether
-  the oracle demanded the others held; failures return the original image).
+  the oracle demanded the others held; failures return the original image), ``l2_per_image`` (each
+  attacked image's L2 where it succeeded, else null).
 """
 
 from __future__ import annotations
@@ -71,11 +72,15 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def finding_whitebox_records(model: nn.Module, images: torch.Tensor, names: list[str],
-                             thresholds: Sequence[float] | float, cfg: FindingAttackConfig) -> list[dict[str, Any]]:
-    """Hide/add each finding with :class:`FindingAttack` at every eps; one record per finding x mode x eps."""
+                             thresholds: Sequence[float] | float, cfg: FindingAttackConfig,
+                             only: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Hide/add each finding (or the findings ``only``) with :class:`FindingAttack` at every eps; one
+    record per finding x mode x eps."""
     decisions = decision_fn(model, thresholds)(images)
     records = []
     for k, name in enumerate(names):
+        if only is not None and k not in only:
+            continue
         for mode in cfg.modes:
             rows = torch.nonzero(decisions[:, k] == (1 if mode == "hide" else 0)).squeeze(1)
             if rows.numel() == 0:
@@ -98,8 +103,9 @@ def finding_whitebox_records(model: nn.Module, images: torch.Tensor, names: list
 
 def finding_blackbox_records(label_model: nn.Module, images: torch.Tensor, names: list[str],
                              thresholds: Sequence[float] | float, cfg: FindingAttackConfig,
-                             pool: torch.Tensor | None = None) -> list[dict[str, Any]]:
-    """Label-only attacks on each finding's decision; one record per finding x mode x budget.
+                             pool: torch.Tensor | None = None, only: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Label-only attacks on each finding's decision (or the findings ``only``); one record per finding x
+    mode x budget.
 
     ``keep_others`` (default): the oracle sees the whole decision vector as a code and the attack is
     targeted at the wanted code (finding flipped, others held), starting from the nearest ``pool``
@@ -112,6 +118,8 @@ def finding_blackbox_records(label_model: nn.Module, images: torch.Tensor, names
     pool_codes = codes(decide_all(pool)) if cfg.keep_others else None
     records = []
     for k, name in enumerate(names):
+        if only is not None and k not in only:
+            continue
         for mode in cfg.modes:
             rows = torch.nonzero(decisions[:, k] == (1 if mode == "hide" else 0)).squeeze(1)
             if rows.numel() == 0:
@@ -142,5 +150,6 @@ def finding_blackbox_records(label_model: nn.Module, images: torch.Tensor, names
                     "success_rate": _mean(ok), "median_l2": float(res.l2[ok].median()) if ok.any() else None,
                     "flip_rate": _mean(flipped), "others_unchanged_rate": _mean(unchanged),
                     "others_unchanged_given_flip": _mean(unchanged[flipped]),
-                    "mean_queries": _mean(res.queries), "keep_others": cfg.keep_others})
+                    "mean_queries": _mean(res.queries), "keep_others": cfg.keep_others,
+                    "l2_per_image": [float(d) if good else None for d, good in zip(res.l2.tolist(), ok.tolist())]})
     return records

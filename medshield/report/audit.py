@@ -207,7 +207,10 @@ def not_tested(res: Mapping[str, Any]) -> list[str]:
     if cfg.get("transfer", {}).get("enabled", True) and not [r for r in res.get("transfer") or [] if not r.get("white_box")]:
         out.append("Transfer from a substitute model: needs two or more models.")
     wb = cfg.get("whitebox") or {}
-    if wb.get("enabled", True) and wb.get("attacks"):
+    if (res.get("multilabel") or {}).get("clean"):
+        out.append("Multi-label targets: attacks that change several findings at once, and one-finding attacks on "
+                   "findings other than those listed in the per-finding table.")
+    if wb.get("enabled", True) and wb.get("attacks") and (res.get("clean") or not res.get("multilabel")):
         out.append(f"White-box attacks other than {', '.join(a.upper() for a in wb['attacks'])}, budgets above "
                    f"{wb.get('eps', ['?'])[-1]} and norms other than {str(wb.get('norm', 'linf')).replace('linf', 'L∞')}.")
     bb = cfg.get("blackbox") or {}
@@ -218,6 +221,81 @@ def not_tested(res: Mapping[str, Any]) -> list[str]:
             out.append("An adaptive attacker (repeated queries, majority vote / EOT) against the noise defenses, and "
                        "white-box attacks through them: their results may overstate the protection.")
     return out
+
+
+def _ci(point: Mapping[str, Any], metric: str) -> str:
+    value, ci = point.get(metric), (point.get("ci") or {}).get(metric)
+    if value is None:
+        return "–"
+    text = f"{value:.3f}" if metric == "auc" else pct(value)
+    if ci and None not in ci:
+        text += f" [{ci[0]:.3f}–{ci[1]:.3f}]" if metric == "auc" else f" [{pct(ci[0])}–{pct(ci[1])}]"
+    return text
+
+
+def _at_eps(recs: Sequence[Mapping[str, Any]], mode: str, finding: str) -> Mapping[str, Any] | None:
+    """The white-box record of (finding, mode) at the largest eps ≤ 8/255 (else the smallest tested)."""
+    mine = sorted((r for r in recs if r["finding"] == finding and r["mode"] == mode), key=lambda r: r["eps"])
+    if not mine:
+        return None
+    return ([r for r in mine if r["eps"] <= 8 / 255 + 1e-9] or mine[:1])[-1]
+
+
+def finding_rows(res: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per model and finding of a multi-label target: clean metrics at the card's threshold and
+    what the one-finding attacks did (success = that finding flipped, all others unchanged)."""
+    ml = res.get("multilabel") or {}
+    rows = []
+    for clean in ml.get("clean") or []:
+        run = clean["run"]
+        wb = [r for r in ml.get("whitebox") or [] if r["run"] == run]
+        lo = [r for r in ml.get("label_only") or [] if r["run"] == run]
+        for name, point in clean["findings"].items():
+            cells = []
+            for mode in ("hide", "add"):
+                r = _at_eps(wb, mode, name)
+                cells.append("–" if r is None else f"{pct(r['success_rate'])} at {_label(r['eps'])} (n={r['n']}; "
+                                                   f"others kept {pct(r['others_unchanged_rate'])})")
+            top = max((r for r in lo if r["finding"] == name), key=lambda r: r["budget"], default=None)
+            label_only = "–" if top is None else f"{top['mode']} {pct(top['success_rate'])} at {top['budget']:,} queries (n={top['n']})"
+            rows.append([run, name + (" (disease)" if name in (clean.get("disease") or []) else ""),
+                         f"{point.get('threshold', 0.5):g}", _ci(point, "auc"), _ci(point, "sensitivity"),
+                         _ci(point, "specificity"), *cells, label_only])
+    return rows
+
+
+FINDING_HEADERS = ["model", "finding", "threshold", "AUC [95% CI]", "sensitivity", "specificity",
+                   "hide one (white-box)", "add one (white-box)", "label-only"]
+
+
+def multilabel_section(res: dict[str, Any]) -> Section | None:
+    """Per-finding details of multi-label targets: clean metrics, white-box and label-only records."""
+    ml = res.get("multilabel") or {}
+    if not ml.get("clean"):
+        return None
+    blocks: list[Any] = [
+        Paragraph("Multi-label targets report one decision per finding (sigmoid ≥ the card's threshold). Clean "
+                  "metrics per finding on the whole split with bootstrap 95% CIs; the attacks change one finding "
+                  "and count as successful only when every other finding reads exactly as before."),
+        Table(FINDING_HEADERS, finding_rows(res), "Per-finding results", wide=True)]
+    for clean in ml["clean"]:
+        macro = clean.get("macro") or {}
+        blocks.append(Paragraph(f"{clean['run']}: {clean['n']:,} {clean.get('split', 'test')} images of "
+                                f"{clean.get('dataset', '?')}; macro AUC {macro.get('auc', float('nan')):.3f}, exact "
+                                f"match (every finding right) {pct(clean.get('exact_match'))}."))
+    wb = [[r["run"], r["finding"], r["mode"], _label(r["eps"]), r["n"], pct(r["success_rate"]), pct(r["flip_rate"]),
+           pct(r["others_unchanged_rate"]), pct(r.get("others_unchanged_given_flip"))] for r in ml.get("whitebox") or []]
+    if wb:
+        blocks.append(Table(["model", "finding", "mode", "ε (L∞)", "images", "success", "finding flipped",
+                             "others unchanged", "others unchanged | flipped"], wb,
+                            "White-box one-finding attack (PGD with a keep-the-others term)", wide=True))
+    lo = [[r["run"], r["finding"], r["mode"], str(r["attack"]).upper(), f"{r['budget']:,}", r["n"], pct(r["success_rate"]),
+           "–" if r.get("median_l2") is None else f"{r['median_l2']:.3g}", pct(r["others_unchanged_rate"])]
+          for r in ml.get("label_only") or []]
+    if lo:
+        blocks.append(Table(["model", "finding", "mode", "attack", "queries", "images", "success", "median L2",
+                             "others unchanged"], lo, "Label-only attack on one finding's decision", wide=True))
+    return Section("Multi-label: results per finding", blocks, anchor="multilabel", new_page=True)
 
 
 def summary_section(res: Mapping[str, Any], found: Sequence[Finding], names: Mapping[str, str]) -> Section:
@@ -239,6 +317,8 @@ def summary_section(res: Mapping[str, Any], found: Sequence[Finding], names: Map
                   "most 2/255 per pixel, and label-only attacks are HIGH when at least half are fooled within 1,000 "
                   "queries with an RMS change of at most 8/255 per pixel. Percentages in brackets are Wilson 95% "
                   "confidence intervals; n is the number of images each figure rests on."),
+        *([Table(FINDING_HEADERS, finding_rows(res), "Multi-label targets: per finding (success = that finding "
+                 "changed, every other finding unchanged)", wide=True)] if (res.get("multilabel") or {}).get("clean") else []),
         Paragraph("What this audit did not test:"),
         Bullets(not_tested(res)),
     ], anchor="summary")
@@ -271,7 +351,7 @@ def findings_sections(res: Mapping[str, Any], found: Sequence[Finding], figures:
 # The frameworks' named threats and which of this audit's threats give evidence on them.
 ANNEX: list[tuple[str, str, tuple[str, ...]]] = [
     ("FDA AI-enabled device guidance (cybersecurity, with the premarket cybersecurity guidance)", "Model evasion: "
-     "input samples crafted to deceive the model", ("whitebox", "transfer", "label_only")),
+     "input samples crafted to deceive the model", ("whitebox", "transfer", "label_only", "finding_whitebox", "finding_label_only")),
     ("FDA", "Data poisoning", ()),
     ("FDA", "Model inversion / stealing", ()),
     ("FDA", "Data leakage", ()),
@@ -279,7 +359,7 @@ ANNEX: list[tuple[str, str, tuple[str, ...]]] = [
     ("FDA", "Model bias", ()),
     ("FDA", "Performance drift", ()),
     ("EU AI Act Art. 15(5)", "Inputs designed to cause the model to make a mistake (adversarial examples or model "
-     "evasion)", ("whitebox", "transfer", "label_only")),
+     "evasion)", ("whitebox", "transfer", "label_only", "finding_whitebox", "finding_label_only")),
     ("EU AI Act Art. 15(5)", "Measures to prevent, detect, respond to and control such attacks", ("defense", "detection")),
     ("EU AI Act Art. 15(5)", "Data poisoning, model poisoning", ()),
     ("EU AI Act Art. 15(5)", "Confidentiality attacks", ()),
@@ -336,7 +416,7 @@ def sections(res: dict[str, Any], figures: dict[str, Path], provenance: Mapping[
              found: Sequence[Finding] | None = None) -> list[Section]:
     names = defense_names(res)
     found = list(found) if found is not None else findings(res, names)
-    details: list[Section | None] = [clean_section(res)]
+    details: list[Section | None] = [clean_section(res) if res.get("clean") else None, multilabel_section(res)]
     if res.get("whitebox"):
         details.append(whitebox_section(res, figures))
     details += [transfer_section(res, figures), blackbox_section(res, figures, names), detection_section(res),

@@ -48,9 +48,12 @@ THREATS = {
     "label_only": "Label-only attacks through the API",
     "defense": "Defense under attack",
     "detection": "Query-stream detection",
+    "finding_whitebox": "Hide or add one finding (white-box)",
+    "finding_label_only": "Hide or add one finding through the API (label-only)",
 }
 ANCHORS = {"clean": "clean", "whitebox": "whitebox", "transfer": "transfer", "label_only": "blackbox",
-           "defense": "defenses", "detection": "detection"}
+           "defense": "defenses", "detection": "detection", "finding_whitebox": "multilabel",
+           "finding_label_only": "multilabel"}
 
 
 @dataclass
@@ -423,6 +426,71 @@ def detection_finding(rec: Mapping[str, Any]) -> Finding:
 # --- all findings -------------------------------------------------------------------------------------
 
 
+def _reads(mode: str) -> str:
+    return "reported" if mode == "hide" else "not reported"
+
+
+def finding_whitebox_finding(run: str, recs: list[dict[str, Any]]) -> Finding:
+    """Multi-label white-box: worst case over findings and modes at each eps of the success rate (the
+    finding flipped and every other finding unchanged), rated by the white-box thresholds."""
+    by_eps: dict[float, dict[str, Any]] = {}
+    for r in recs:
+        best = by_eps.get(r["eps"])
+        if best is None or (r["success_rate"] or 0.0) > (best["success_rate"] or 0.0):
+            by_eps[r["eps"]] = r
+    flips = {e: float(r["success_rate"] or 0.0) for e, r in by_eps.items()}
+    sev, rule = whitebox_level(flips)
+    pick = by_eps[next((e for e in sorted(by_eps) if flips[e] >= MOST), max(by_eps))]
+    n = int(pick["n"])
+    ci = wilson(round(flips[pick["eps"]] * n), n)
+    ev = (f"{pick['mode']} '{pick['finding']}' at {eps_text(pick['eps'])} per pixel succeeds on "
+          f"{pct(flips[pick['eps']])}{_ci_text(ci)} of {n} images where it was {_reads(pick['mode'])}, every other "
+          f"finding unchanged (others unchanged on {pct(pick.get('others_unchanged_rate'))} of attacked images)")
+    return Finding("finding_whitebox", run, sev, ev, rule.replace("flipped", "changed (one finding, others kept)"),
+                   score=max(flips.values()), ci=ci, n=n,
+                   metrics={"eps": pick["eps"], "finding": pick["finding"], "mode": pick["mode"],
+                            "success_by_eps": {eps_text(e): f for e, f in sorted(flips.items())}})
+
+
+def finding_label_only_finding(run: str, recs: list[dict[str, Any]]) -> Finding:
+    """Multi-label label-only: share of attacked images whose finding flips with the others held, with an
+    RMS change of at most 8/255 per pixel, within 1,000 queries and at the largest budget."""
+    def frac(r: Mapping[str, Any]) -> float:
+        per, dim = r.get("l2_per_image"), r.get("pixels")
+        if not per or not dim:
+            return float(r.get("success_rate") or 0.0)
+        return sum(1 for v in per if v is not None and v <= LO_RMS * math.sqrt(dim)) / len(per)
+
+    budgets = sorted({r["budget"] for r in recs})
+    small_b = max((b for b in budgets if b <= LO_QUERIES), default=None)
+    f_small = None if small_b is None else max(frac(r) for r in recs if r["budget"] == small_b)
+    f_max = max(frac(r) for r in recs if r["budget"] == budgets[-1])
+    sev, rule = label_only_level(f_small, f_max)
+    b_ev = small_b if f_small is not None and (sev == "high" or f_small >= f_max - 1e-12) else budgets[-1]
+    rec = max((r for r in recs if r["budget"] == b_ev), key=frac)
+    n, f = int(rec["n"]), frac(rec)
+    ci = wilson(round(f * n), n) if n else None
+    ev = (f"seeing only the decisions, {str(rec['attack']).upper()} makes '{rec['finding']}' {rec['mode']} on "
+          f"{pct(f)}{_ci_text(ci)} of {n} images where it was {_reads(rec['mode'])}, the other findings held, within "
+          f"{b_ev:,} queries each (RMS ≤ 8/255)")
+    return Finding("finding_label_only", run, sev, ev, rule, score=f_small if f_small is not None else f_max, ci=ci,
+                   n=n, metrics={"finding": rec["finding"], "mode": rec["mode"], "budget": b_ev})
+
+
+def multilabel_findings(res: Mapping[str, Any]) -> list[Finding]:
+    """The rated threats of multi-label targets (``res["multilabel"]``), per model."""
+    ml = res.get("multilabel") or {}
+    out: list[Finding] = []
+    for run in dict.fromkeys(r["run"] for r in ml.get("clean") or []):
+        wb = [r for r in ml.get("whitebox") or [] if r["run"] == run]
+        if wb:
+            out.append(finding_whitebox_finding(run, wb))
+        lo = [r for r in ml.get("label_only") or [] if r["run"] == run]
+        if lo:
+            out.append(finding_label_only_finding(run, lo))
+    return out
+
+
 def findings(res: Mapping[str, Any], names: Mapping[str, str] | None = None) -> list[Finding]:
     """Every rated threat of an audit, grouped per model (clean, white-box, transfer, label-only,
     defenses, detection). ``names`` maps defense specs to readable names."""
@@ -453,6 +521,7 @@ def findings(res: Mapping[str, Any], names: Mapping[str, str] | None = None) -> 
                 continue
             out.append(training_defense_finding(res, run, d, [r for r in tds if r["defense"] == d], names.get(d, d)))
         out += [detection_finding(r) for r in _records(res, "detection") if r["run"] == run]
+    out += multilabel_findings(res)
     _add_remedies(res, out)
     return out
 
