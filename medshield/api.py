@@ -233,7 +233,8 @@ def attack(
 ) -> list[dict[str, Any]]:
     """White-box evaluation of one or more runs (several runs, e.g. grey and RGB, are reported side by
     side); resumable: a stored job is reused only when its model, images, attack, parameters, eps and
-    seed are the same (else refused naming the difference, or recomputed with ``overwrite``). Writes ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
+    seed are the same (else refused naming the difference, or recomputed with ``overwrite``). Writes
+    ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
     from medshield.attacks import ATTACKS
     from medshield.evaluation.store import RecordStore
     from medshield.evaluation.whitebox import WhiteboxJob, parse_eps, run_whitebox
@@ -286,7 +287,8 @@ def transfer(
     overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Source x target transfer matrix (stored rows reused only from the same models, images, attack,
-    eps and seed; else refused or, with ``overwrite``, recomputed); writes ``OUT/transfer.json``, ``transfer.md`` and ``transfer.png``."""
+    eps and seed; else refused or, with ``overwrite``, recomputed); writes ``OUT/transfer.json``,
+    ``transfer.md`` and ``transfer.png``."""
     from medshield.attacks import create_attack
     from medshield.evaluation.store import RecordStore
     from medshield.evaluation.transfer import accuracy_matrix, transfer_records
@@ -317,7 +319,8 @@ def transfer(
     out.mkdir(parents=True, exist_ok=True)
     meta = {"attack": attack_name, "norm": norm, "dataset": ds.name, "split": split, "eps_label": eps_label(eps_values[0])}
     records = transfer_records(models, x, y, atk, eps_values[0], positive_class=ds.positive_class,
-                               batch_size=batch_size, seed=seed, store=RecordStore(out / "transfer_jobs.json", overwrite),
+                               batch_size=batch_size, seed=seed,
+                               store=RecordStore(out / "transfer_jobs.json", overwrite),
                                meta=meta, sources=sources,
                                identity={"models": prints, "data": data_identity(ds.name, split, x, y)})
     names, matrix = accuracy_matrix(records)
@@ -576,7 +579,8 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         system, ds = load_target_and_data(run, dataset, data_dir, device)
         before = remote_counts(system.model)
         part = ds.split(split)
-        identity = {"model": model_fingerprint(system), "data": data_identity(ds.name, split, part.images(), part.labels)}
+        identity = {"model": model_fingerprint(system),
+                    "data": data_identity(ds.name, split, part.images(), part.labels)}
         summary = run_blackbox(system.model, part, out, cfg, positive_class=ds.positive_class, surrogate=substitute,
                                identity=identity, overwrite=overwrite)
         summary["target_identity"] = system.identity()

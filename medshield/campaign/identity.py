@@ -3,8 +3,9 @@
 Run folders and target cards in a job's arguments are replaced by what makes them that model (see
 :func:`medshield.evaluation.identity.model_fingerprint`: a run's folder name and SHA-256 of its
 weights and ``config.json``; a card's content digest and its model files' digest), so auditing
-another model that happens to live in a folder of the same name never reuses the old model's records. Where the work runs (device, threads) is not
-part of the identity: it does not change what a job computes.
+another model that happens to live in a folder of the same name never reuses the old model's
+records. Where the work runs (device, threads) is not part of the identity: it does not change what a
+job computes.
 """
 
 from __future__ import annotations

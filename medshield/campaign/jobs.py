@@ -195,7 +195,8 @@ def detection_job(run: str, dataset: str | None, data_dir: str | None, split: st
 
 # ---- multi-label targets (one sigmoid per finding): per-finding jobs ----
 
-def _multilabel(run: str, dataset: str | None, data_dir: str | None, device: str) -> tuple[Target, Any, list[str], list[float]]:
+def _multilabel(run: str, dataset: str | None, data_dir: str | None,
+                device: str) -> tuple[Target, Any, list[str], list[float]]:
     target, ds = _load_target(run, dataset, data_dir, device)
     return target, ds, target.class_names, target.card.output.threshold_list()
 

@@ -127,8 +127,10 @@ def _multilabel_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> lis
     attacked = ml.findings or target.positive_names or names
     unknown = [f for f in attacked + (ml.label_only_findings or []) if f not in names]
     if unknown:
-        raise MedShieldError(f"multilabel findings {unknown} are not among {target.name}'s findings ({', '.join(names)})")
-    jobs = [Job(f"mlclean|{name}", f"{JOBS}:multilabel_clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap})]
+        raise MedShieldError(f"multilabel findings {unknown} are not among {target.name}'s findings "
+                             f"({', '.join(names)})")
+    jobs = [Job(f"mlclean|{name}", f"{JOBS}:multilabel_clean_job",
+                {"run": run, **base, "bootstrap": cfg.clean.bootstrap})]
     if cfg.whitebox.enabled and has_gradients(run, base):
         jobs += [Job(f"mlwhitebox|{name}|{f}", f"{JOBS}:multilabel_whitebox_job",
                      {"run": run, **base, "finding": f, "eps": parse_eps(cfg.whitebox.eps), "modes": ml.modes,
