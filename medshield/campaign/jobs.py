@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 
+from medshield.evaluation.multilabel import (
+    FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
+)
 from medshield.targets import Target, open_target, ref_name
 from medshield.targets.data import load_target_data
 from medshield.types import to_jsonable
@@ -204,8 +207,6 @@ def _multilabel(run: str, dataset: str | None, data_dir: str | None,
 def multilabel_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int,
                          device: str = "cpu") -> dict[str, Any]:
     """Per-finding AUC, sensitivity and specificity at the card's thresholds (bootstrap 95% CIs) on the split."""
-    from medshield.evaluation.multilabel import clean_finding_metrics
-
     target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
     part = ds.split(split)
     metrics = clean_finding_metrics(target.model, part.images(), part.labels, names, thresholds,
@@ -219,8 +220,6 @@ def multilabel_whitebox_job(run: str, dataset: str | None, data_dir: str | None,
                             device: str = "cpu") -> list[dict[str, Any]]:
     """Hide / add one finding (:class:`~medshield.attacks.multilabel.FindingAttack`) at every eps on
     ``n_images`` seeded images; success = the finding flipped and every other finding unchanged."""
-    from medshield.evaluation.multilabel import FindingAttackConfig, finding_whitebox_records
-
     target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
     x, _ = eval_images(ds, split, n_images, seed)
     cfg = FindingAttackConfig(eps=list(eps), modes=tuple(modes), steps=steps, seed=seed)
@@ -234,8 +233,6 @@ def multilabel_label_only_job(run: str, dataset: str | None, data_dir: str | Non
     """A label-only attack on one finding's decision: the oracle answers the whole decision vector and
     the attack is targeted at the vector with that finding flipped and the others held (the split's
     images are the pool of starting points)."""
-    from medshield.evaluation.multilabel import FindingAttackConfig, finding_blackbox_records
-
     target, ds, names, thresholds = _multilabel(run, dataset, data_dir, device)
     x, _ = eval_images(ds, split, n_images, seed)
     cfg = FindingAttackConfig(modes=tuple(modes), budgets=list(budgets), blackbox_attack=attack, seed=seed)
