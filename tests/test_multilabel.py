@@ -247,6 +247,13 @@ def test_audit_of_a_multilabel_card_reports_per_finding(mosaic_model, tmp_path: 
     summary = html[html.index('id="summary"'):html.index('id="findings"')]
     assert all(name in summary for name in names) and "hide one (white-box)" in summary
     assert "Multi-label: results per finding" in html and (out / "report.pdf").stat().st_size > 0
+    manifest = (tmp_path / "labels.csv").read_text().splitlines()
+    first = manifest[1].split(",")
+    first[1] = "1" if first[1] == "0" else "0"  # one label changed in place: other data, refused by name
+    (tmp_path / "labels.csv").write_text("\n".join([manifest[0], ",".join(first), *manifest[2:]]) + "\n")
+    again = CliRunner().invoke(app, ["audit", "--target", str(tmp_path / "card.yaml"), "--dataset", str(tmp_path / "labels.csv"),
+                                     "--config", str(tmp_path / "c.yaml"), "--out", str(out)])
+    assert again.exit_code == 2 and "args.dataset.sha256" in again.output, again.output
     print(f"\naudit of a multi-label card (4 findings, 60 test mosaics): AUC "
           f"{[round(ml['clean'][0]['findings'][k]['auc'], 3) for k in names]}; hide one disease finding at 8/255 "
           f"(20 steps, {n} attacks): success {success:.3f}, others unchanged {unchanged:.3f}; label-only hide "

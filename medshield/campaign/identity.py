@@ -10,11 +10,12 @@ job computes.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from medshield.evaluation.executor import Job
 from medshield.evaluation.identity import model_fingerprint, run_fingerprint
-from medshield.evaluation.store import RECORD_FORMAT
+from medshield.evaluation.store import RECORD_FORMAT, file_digest
 
 RUN_ARGS = ("run", "source", "base_run")
 RUN_LIST_ARGS = ("targets",)
@@ -29,7 +30,9 @@ def job_inputs(fn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     for name, value in kwargs.items():
         if name in EXECUTION_ARGS:
             continue
-        if name in RUN_ARGS and value is not None:
+        if name == "dataset" and isinstance(value, str) and value.lower().endswith(".csv") and Path(value).is_file():
+            value = {"manifest": value, "sha256": file_digest(value)}  # a manifest edited in place is other data
+        elif name in RUN_ARGS and value is not None:
             value = model_fingerprint(value)
         elif name in RUN_LIST_ARGS:
             value = [model_fingerprint(v) for v in value]
