@@ -6,20 +6,22 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from medshield.data import Dataset, load_dataset
+from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError
+from medshield.evaluation.defense import EVAL_ATTACKS
 from medshield.evaluation.identity import data_identity, model_fingerprint
 from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.multilabel import (
     FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
 )
-from medshield.evaluation.whitebox import parse_eps
+from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
 from medshield.models import BoundedModel, create_model, load_run, predict, probabilities
 from medshield.models.checkpoint import CONFIG_FILE, MODEL_FILE, read_json, write_json
 from medshield.models.factory import ModelConfig
@@ -28,6 +30,7 @@ from medshield.targets import GRADIENTS_UNAVAILABLE, Target, open_target
 from medshield.targets.data import data_options, load_target_data, run_config
 from medshield.targets.medshield_api import RemoteClassifier
 from medshield.targets.remote import remote_counts
+from medshield.types import EPS, EPS_GRID, Norm, eps_label
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +200,6 @@ def run_info(run: str | Path) -> dict[str, Any]:
 
 # ---- white-box attacks and transferability (issue 3) ----
 
-def _split_names(value: str | list[str] | tuple[str, ...]) -> list[str]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
 def _eval_images(ds: Dataset, split: str, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The evaluation images: the whole split, or ``n`` of them drawn with ``seed`` (same for every run)."""
     part = ds.split(split)
@@ -214,13 +212,13 @@ def _eval_images(ds: Dataset, split: str, n: int | None, seed: int) -> tuple[tor
 
 
 def attack(
-    runs: str | list[str],
+    runs: Sequence[str | Path],
     out: str | Path,
     dataset: str | None = None,
     data_dir: str | Path | None = None,
-    attacks: str | list[str] = "fgsm,bim,pgd,mifgsm,cw",
-    eps: str | list[float] = "0.5/255,1/255,2/255,4/255,8/255",
-    norm: str = "linf",
+    attacks: Sequence[str] = WHITEBOX_ATTACKS,
+    eps: Sequence[float] = EPS_GRID,
+    norm: Norm = Norm.LINF,
     split: str = "test",
     n: int | None = None,
     batch_size: int = 128,
@@ -237,20 +235,18 @@ def attack(
     ``OUT/whitebox.json``, ``whitebox.md``, ``robust_vs_eps.png``, ``grid.png``."""
     from medshield.attacks import ATTACKS
     from medshield.evaluation.store import RecordStore
-    from medshield.evaluation.whitebox import WhiteboxJob, parse_eps, run_whitebox
+    from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
     from medshield.report.whitebox import write_whitebox_report
-    from medshield.types import Norm
 
-    names = _split_names(attacks)
-    for name in names:
+    for name in attacks:
         ATTACKS.get(name)
-    job = WhiteboxJob(attacks=names, eps=parse_eps(eps), norm=Norm.parse(norm), batch_size=batch_size, seed=seed,
+    job = WhiteboxJob(attacks=list(attacks), eps=list(eps), norm=norm, batch_size=batch_size, seed=seed,
                       direction=direction, attack_kwargs=attack_kwargs or {})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = RecordStore(out / "whitebox_jobs.json", overwrite=overwrite)
     records, loaded = [], {}
-    refs = _split_names(runs) if isinstance(runs, (str, list, tuple)) else [runs]
+    refs = list(runs) if isinstance(runs, (list, tuple)) else [runs]
     for ref in refs:
         target, ds = load_target_and_data(ref, dataset, data_dir, device)
         if target.white_box is None:
@@ -272,13 +268,13 @@ def attack(
 
 
 def transfer(
-    sources: str | list[str],
+    sources: Sequence[str | Path],
     out: str | Path,
     dataset: str | None = None,
     data_dir: str | Path | None = None,
     attack_name: str = "mifgsm",
-    eps: str | float = "2/255",
-    norm: str = "linf",
+    eps: float = EPS,
+    norm: Norm = Norm.LINF,
     split: str = "test",
     n: int | None = None,
     batch_size: int = 128,
@@ -292,15 +288,11 @@ def transfer(
     from medshield.attacks import create_attack
     from medshield.evaluation.store import RecordStore
     from medshield.evaluation.transfer import accuracy_matrix, transfer_records
-    from medshield.evaluation.whitebox import eps_label, parse_eps
     from medshield.report import heatmap, pivot_table
 
-    runs = _split_names(sources)
+    runs = list(sources)
     if len(runs) < 2:
         raise MedShieldError("transfer needs at least two --source runs")
-    eps_values = parse_eps(eps)
-    if len(eps_values) != 1:
-        raise MedShieldError("transfer takes one eps")
     models, sources, prints, ds = {}, {}, {}, None
     for run in runs:
         target, ds = load_target_and_data(run, dataset, data_dir, device)
@@ -317,8 +309,8 @@ def transfer(
     atk = create_attack(attack_name, norm=norm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"attack": attack_name, "norm": norm, "dataset": ds.name, "split": split, "eps_label": eps_label(eps_values[0])}
-    records = transfer_records(models, x, y, atk, eps_values[0], positive_class=ds.positive_class,
+    meta = {"attack": attack_name, "norm": str(norm), "dataset": ds.name, "split": split, "eps_label": eps_label(eps)}
+    records = transfer_records(models, x, y, atk, eps, positive_class=ds.positive_class,
                                batch_size=batch_size, seed=seed,
                                store=RecordStore(out / "transfer_jobs.json", overwrite),
                                meta=meta, sources=sources,
@@ -326,7 +318,7 @@ def transfer(
     names, matrix = accuracy_matrix(records)
     write_json(out / "transfer.json", {"records": records, "names": names, "robust_accuracy": matrix,
                                         "clean_accuracy": {r["target"]: r["clean_accuracy"] for r in records}})
-    title = f"{attack_name} eps={eps_label(eps_values[0])}: target accuracy on source's adversarials"
+    title = f"{attack_name} eps={eps_label(eps)}: target accuracy on source's adversarials"
     table = pivot_table(records, ["source"], "target", "robust_accuracy", fmt=lambda v: f"{100 * v:.2f}%",
                         row_headers=["source \\ target"])
     clean = pivot_table([{"source": "(clean)", "target": r["target"], "clean_accuracy": r["clean_accuracy"]}
@@ -346,17 +338,17 @@ def defend(
     model: str = "smallcnn",
     data_dir: str | Path | None = None,
     train_attack: str = "mifgsm",
-    train_eps: str | float = "2/255",
+    train_eps: float = EPS,
     train_steps: int | None = None,
-    norm: str = "linf",
+    norm: Norm = Norm.LINF,
     source: str = "online",
     source_run: str | Path | None = None,
     init_from: str | Path | None = None,
     noise_mean: float = 0.0,
     noise_sigma: float = 0.05,
     train_config: TrainConfig | None = None,
-    eval_attacks: str = "fgsm,bim,mifgsm,pgd",
-    eval_eps: str = "2/255",
+    eval_attacks: Sequence[str] = EVAL_ATTACKS,
+    eval_eps: Sequence[float] = (EPS,),
     eval_n: int | None = None,
     pgd_restarts: int = 3,
     resume: bool = False,
@@ -366,11 +358,10 @@ def defend(
     every attack (PGD with restarts included); writes the run plus ``OUT/defense.json``."""
     from medshield.defenses.training import build_training_hook
     from medshield.evaluation.defense import defense_records
-    from medshield.evaluation.whitebox import parse_eps
 
-    eps = parse_eps(train_eps)[0]
+    eps = train_eps
     hook_spec = {"defense": defense, "train_attack": train_attack if defense in ("at", "ant") else None,
-                 "train_eps": eps, "train_steps": train_steps, "norm": norm, "source": source,
+                 "train_eps": eps, "train_steps": train_steps, "norm": str(norm), "source": source,
                  "source_run": str(source_run) if source_run else None, "init_from": str(init_from) if init_from else None,
                  "noise_mean": noise_mean, "noise_sigma": noise_sigma}
     train_config = train_config or TrainConfig()
@@ -384,7 +375,7 @@ def defend(
     metrics = train(dataset, out, model=model, data_dir=data_dir, train_config=train_config, hook=hook,
                     resume=resume, overwrite=overwrite, init_from=init_from, extra_config={"defense": hook_spec},
                     **data)
-    whitebox = attack(str(out), out / "eval", dataset=dataset, data_dir=data_dir, attacks=eval_attacks,
+    whitebox = attack([out], out / "eval", dataset=dataset, data_dir=data_dir, attacks=eval_attacks,
                       eps=eval_eps, norm=norm, n=eval_n, seed=train_config.seed,
                       attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False,
                       device=train_config.device)
@@ -393,13 +384,13 @@ def defend(
     return records
 
 
-def defense_report(runs: str | list[str], out: str | Path) -> list[dict[str, Any]]:
+def defense_report(runs: Sequence[str | Path], out: str | Path) -> list[dict[str, Any]]:
     """Combine defended runs' ``defense.json`` into ``OUT/defense.json``, ``defense.md``, the bar chart
     (thesis Fig. 4-5) and training curves (Fig. 4-6)."""
     from medshield.evaluation.defense import unique_labels
     from medshield.report.defense import write_defense_report
 
-    dirs = [Path(run) for run in _split_names(runs)]
+    dirs = [Path(run) for run in runs]
     for run in dirs:
         if not (run / "defense.json").is_file():
             raise MedShieldError(f"{run / 'defense.json'} not found: train it with `medshield defend ... --out {run}`")
@@ -420,38 +411,6 @@ SERVE_ENV = "MEDSHIELD_SERVE_OPTIONS"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def resolve_defense(model: torch.nn.Module, name: str | None, seed: int = 0,
-                    params: dict[str, float] | None = None) -> tuple[torch.nn.Module, list[str]]:
-    """Wrap ``model`` in the inference-time defense ``name`` (``none``: unchanged) from the defense
-    registry (:data:`medshield.defenses.inference.INFERENCE_DEFENSES`); returns the model to serve
-    and the names to report."""
-    from medshield.defenses.inference import defend
-
-    key = (name or "none").strip().lower()
-    if key == "none":
-        if params:
-            raise MedShieldError("--defense-param given without a --defense")
-        return model, []
-    try:
-        return defend(model, key, seed=seed, **(params or {})), [key]
-    except TypeError:  # an unknown parameter name for this defense
-        raise MedShieldError(f"--defense {key} does not take the parameter(s) {', '.join(sorted(params or {}))}") from None
-
-
-def parse_params(items: list[str] | None) -> dict[str, float]:
-    """``["nu=0.02", "m=0.5"]`` -> ``{"nu": 0.02, "m": 0.5}`` with one-line errors."""
-    out: dict[str, float] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise MedShieldError(f"expected NAME=NUMBER, got {item!r}")
-    return out
-
-
 def make_detector(name: str | None, threshold: float | None = None) -> Any:
     """``stream``: the near-duplicate stream detector of :mod:`medshield.defenses.detection`."""
     key = (name or "none").strip().lower()
@@ -464,16 +423,15 @@ def make_detector(name: str | None, threshold: float | None = None) -> Any:
     return StreamDetector(**({"threshold": threshold} if threshold is not None else {}))
 
 
-def build_server_app(run: str | Path, defense: str | None = "none", api_keys: str | Path | None = None,
+def build_server_app(run: str | Path, defense: DefenseSpec | None = None, api_keys: str | Path | None = None,
                      budget: int | None = None, rate: float | None = None, burst: float | None = None,
                      allow_scores: bool = False, audit_log: str | Path | None = None, max_batch: int = 256,
-                     max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0,
-                     defense_params: dict[str, float] | None = None, detector: Any = None,
+                     max_request_bytes: int = 8 << 20, max_side: int = 4096, seed: int = 0, detector: Any = None,
                      detector_threshold: float | None = None, on_flag: str = "block", state: str | Path | None = None,
                      trusted_proxies: list[str] | str | None = None) -> Any:
-    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`). ``state``:
-    an SQLite file, ``redis://host:port`` or None (this process's memory), see
-    :func:`medshield.server.state.open_state`."""
+    """The FastAPI app serving a trained run (see :func:`medshield.server.app.create_app`), wrapped in the
+    inference defense ``defense`` (None: undefended). ``state``: an SQLite file, ``redis://host:port`` or
+    None (this process's memory), see :func:`medshield.server.state.open_state`."""
     from medshield.defenses.limits import QueryLimiter
     from medshield.server.app import ServeConfig, create_app, parse_networks
     from medshield.server.auth import KeyStore
@@ -481,7 +439,8 @@ def build_server_app(run: str | Path, defense: str | None = "none", api_keys: st
 
     keys = KeyStore.from_sources(api_keys)
     model, config = load_run(Path(run))
-    served, defenses = resolve_defense(model, defense, seed=seed, params=defense_params)
+    spec = defense or DefenseSpec("none")
+    served, defenses = spec.build(model, seed=seed), ([] if spec.is_none else [spec.name])
     if detector is None or isinstance(detector, str):
         detector = make_detector(detector, detector_threshold)
     mc = model.config
@@ -504,7 +463,14 @@ def server_app_from_env() -> Any:
     import json
     import os
 
-    return build_server_app(**json.loads(os.environ[SERVE_ENV]))
+    options = json.loads(os.environ[SERVE_ENV])
+    spec = options.pop("defense", None)
+    return build_server_app(**options, defense=None if spec is None else DefenseSpec.of(spec["name"], **spec["params"]))
+
+
+def _spec_json(spec: DefenseSpec | None) -> dict[str, Any] | None:
+    """A spec as JSON for the worker processes (name and explicit parameters, no text to re-parse)."""
+    return None if spec is None else {"name": spec.name, "params": spec.explicit}
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
@@ -537,7 +503,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
         return
     build_server_app(run, **options)  # fail fast on bad options before forking workers
     os.environ[SERVE_ENV] = json.dumps({"run": str(run), **{k: (str(v) if isinstance(v, Path) else v)
-                                                           for k, v in options.items()}})
+                                                           for k, v in options.items() if k != "defense"},
+                                        "defense": _spec_json(options.get("defense"))})
     import inspect
 
     patience = {"timeout_worker_healthcheck": 60} \
@@ -546,22 +513,22 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
                 log_level=log_level, **UVICORN_OPTIONS, **patience)
 
 def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
-             attacks: list[str] | None = None, budgets: list[int] | None = None, n_images: int = 50,
-             defenses: list[str] | None = None, seed: int = 0, norm: str = "l2", split: str = "test",
+             attacks: Sequence[str] | None = None, budgets: Sequence[int] | None = None, n_images: int = 50,
+             defenses: Sequence[DefenseSpec] | None = None, seed: int = 0, norm: Norm = Norm.L2, split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
              batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu",
              surrogate: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
-    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are specs
-    such as ``rnd:nu=0.05``; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
+    ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are
+    :class:`DefenseSpec` values; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
     ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model). Stored jobs
     are reused only from the same model (or service), data, defense, attack, budgets and seed; others
     are refused naming the difference, or recomputed with ``overwrite``."""
     from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
     from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
-    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=norm, shard_size=shard_size, adaptive_k=adaptive_k,
+    cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=str(norm), shard_size=shard_size, adaptive_k=adaptive_k,
                          surrogate_run=str(surrogate) if surrogate else None)
     substitute = load_run(Path(surrogate), device)[0] if surrogate else None
     cfg.attacks = attacks or list(cfg.attacks)
@@ -661,7 +628,7 @@ def defense_tradeoff(run: str | Path, out: str | Path, dataset: str | None = Non
 
 def findings(ref: str | Path | Target, out: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
              manifest: str | Path | None = None, split: str = "test", n_images: int | None = 50,
-             eps: str | list[float] = "2/255,4/255,8/255", budgets: list[int] | None = None,
+             eps: Sequence[float] = (2 / 255, 4 / 255, 8 / 255), budgets: Sequence[int] | None = None,
              modes: tuple[str, ...] = ("hide", "add"), steps: int = 20, label_only: bool = True,
              seed: int = 0, device: str | None = "cpu") -> dict[str, Any]:
     """Per-finding evaluation of a multi-label target: clean metrics per finding at the card's thresholds
@@ -674,7 +641,7 @@ def findings(ref: str | Path | Target, out: str | Path, dataset: str | None = No
     part = ds.split(split)
     clean = clean_finding_metrics(target.model, part.images(), part.labels, names, thresholds, seed=seed)
     x, _ = _eval_images(ds, split, n_images, seed)
-    cfg = FindingAttackConfig(eps=parse_eps(eps), modes=modes, steps=steps, budgets=budgets or [500, 1000], seed=seed)
+    cfg = FindingAttackConfig(eps=list(eps), modes=modes, steps=steps, budgets=list(budgets or [500, 1000]), seed=seed)
     summary: dict[str, Any] = {"target": target.identity(), "dataset": ds.name, "split": split, "findings": names,
                                "thresholds": thresholds, "clean": clean, "whitebox": [], "blackbox": []}
     if target.white_box is not None:

@@ -14,7 +14,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from medshield.cli_target import TargetOpt, refs
+from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError, removed_on_user_error
+from medshield.types import EPS_GRID, Norm, eps_label, parse_budgets, parse_eps, parse_eps_value, split_list
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MedShield: security testing of medical-image classifiers.")
@@ -171,7 +173,7 @@ def audit(
         typer.echo(default_yaml())
         return
     models = refs(run, target, "--run RUN (a folder written by medshield train) or --target CARD")
-    res = api.audit([r.strip() for r in models.split(",") if r.strip()], out, dataset=dataset, data_dir=data_dir,
+    res = api.audit(split_list(models), out, dataset=dataset, data_dir=data_dir,
                     config=config, executor=executor, workers=workers, address=address, seed=seed,
                     overwrite=overwrite)
     found = json.loads((out / "findings.json").read_text())
@@ -262,7 +264,7 @@ def attack(
     dataset: Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")] = None,
     data_dir: DataDir = None,
     attacks: Annotated[str, typer.Option("--attack", help="Comma-separated: fgsm,fgsm_iter,bim,pgd,mifgsm,cw.")] = "fgsm,bim,pgd,mifgsm,cw",
-    eps: Annotated[str, typer.Option("--eps", help="Comma-separated budgets; fractions like 2/255 allowed.")] = "0.5/255,1/255,2/255,4/255,8/255",
+    eps: Annotated[str, typer.Option("--eps", help="Comma-separated budgets; fractions like 2/255 allowed.")] = ",".join(map(eps_label, EPS_GRID)),
     norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     n: Annotated[int | None, typer.Option("--n", help="Attack n images drawn with --seed (default: all).")] = None,
@@ -276,9 +278,10 @@ def attack(
     """White-box attacks x eps; writes OUT/whitebox.json, whitebox.md, robust_vs_eps.png, grid.png."""
     from medshield import api
 
-    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    names = split_list(attacks)
     kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
-    records = api.attack(refs(run, target), out, dataset=dataset, data_dir=data_dir, attacks=names, eps=eps, norm=norm, split=split,
+    records = api.attack(split_list(refs(run, target)), out, dataset=dataset, data_dir=data_dir, attacks=names,
+                         eps=parse_eps(eps, norm), norm=Norm.parse(norm), split=split,
                          n=n, batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs,
                          device=device, overwrite=overwrite)
     keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
@@ -306,9 +309,9 @@ def transfer(
     """Transfer matrix: adversarials made on each source, accuracy of every target; writes OUT/transfer.json."""
     from medshield import api
 
-    records = api.transfer(refs(source, target, "--source RUNS and/or --target CARDS"), out, dataset=dataset, data_dir=data_dir, attack_name=attack_name, eps=eps,
-                           norm=norm, split=split, n=n, batch_size=batch_size, seed=seed, device=device,
-                           overwrite=overwrite)
+    records = api.transfer(split_list(refs(source, target, "--source RUNS and/or --target CARDS")), out, dataset=dataset,
+                           data_dir=data_dir, attack_name=attack_name, eps=parse_eps_value(eps, norm), norm=Norm.parse(norm),
+                           split=split, n=n, batch_size=batch_size, seed=seed, device=device, overwrite=overwrite)
     emit({"matrix": [{k: r[k] for k in ("source", "target", "robust_accuracy")} for r in records], "out": str(out)})
 
 
@@ -345,9 +348,9 @@ def defend(
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
     records = api.defend(dataset, out, defense, model=model, data_dir=data_dir, train_attack=train_attack,
-                         train_eps=train_eps, train_steps=train_steps, source=source, source_run=source_run,
+                         train_eps=parse_eps_value(train_eps), train_steps=train_steps, source=source, source_run=source_run,
                          init_from=init_from, noise_mean=noise_mean, noise_sigma=noise_sigma, train_config=cfg,
-                         eval_attacks=eval_attacks, eval_eps=eval_eps, eval_n=eval_n, resume=resume,
+                         eval_attacks=split_list(eval_attacks), eval_eps=parse_eps(eval_eps), eval_n=eval_n, resume=resume,
                          overwrite=overwrite)
     emit([{k: r[k] for k in ("label", "eval_attack", "eps_label", "clean_accuracy", "robust_accuracy")} for r in records])
 
@@ -361,7 +364,7 @@ def defense_report(
     """Defense x attack table, bar chart and training curves from defended runs."""
     from medshield import api
 
-    records = api.defense_report(runs, out)
+    records = api.defense_report(split_list(runs), out)
     typer.echo((Path(out) / "defense.md").read_text())
     _ = records
 
@@ -370,8 +373,10 @@ def defense_report(
 @user_errors
 def serve(
     run: Annotated[Path, typer.Option("--run", help="Run directory of the model to serve.")],
-    defense: Annotated[str, typer.Option("--defense", help="Inference-time defense: none, rnd, dnd.")] = "none",
-    defense_param: Annotated[list[str] | None, typer.Option("--defense-param", help="Defense parameter NAME=VALUE (rnd: nu; dnd: m, n); repeatable.")] = None,
+    defense: Annotated[str, typer.Option("--defense", help="Inference-time defense with optional parameters: none, rnd, "
+                                         "rnd:nu=0.04, dnd:m=0.01:n=0.5.")] = "none",
+    defense_param: Annotated[list[str] | None, typer.Option("--defense-param", hidden=True, help="Old form of a defense "
+                                                            "parameter (KEY=VALUE, repeatable): use --defense rnd:nu=0.04.")] = None,
     detector: Annotated[str, typer.Option("--detector", help="Attack-stream detector: none or stream.")] = "none",
     detector_threshold: Annotated[float | None, typer.Option("--detector-threshold", help="Near-duplicate distance threshold of the stream detector.")] = None,
     on_flag: Annotated[str, typer.Option("--on-flag", help="When the detector flags a key: block (403), throttle (429) or log.")] = "block",
@@ -394,20 +399,13 @@ def serve(
     """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs)."""
     from medshield import api
 
-    api.serve(run, host=host, port=port, workers=workers, per_worker_limits=per_worker_limits, defense=defense,
-              defense_params=api.parse_params(defense_param), detector=detector,
+    spec = DefenseSpec.parse(":".join([defense, *(defense_param or [])]))
+    api.serve(run, host=host, port=port, workers=workers, per_worker_limits=per_worker_limits, defense=spec,
+              detector=detector,
               detector_threshold=detector_threshold, on_flag=on_flag,
               api_keys=api_keys, budget=budget, rate=rate, burst=burst, allow_scores=allow_scores,
               audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)), seed=seed,
               state=state, trusted_proxies=trusted_proxies)
-
-
-def split_list(text: str, kind: type = str) -> list[Any]:
-    """``"a,b"`` -> ``["a", "b"]`` (``kind=int`` for numbers, with a clear error)."""
-    try:
-        return [kind(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise MedShieldError(f"expected a comma-separated list of {kind.__name__}s, got {text!r}") from None
 
 
 @app.command()
@@ -422,7 +420,8 @@ def blackbox(
     data_dir: DataDir = None,
     attack: Annotated[str, typer.Option("--attack", help="Comma list: hsja, gbba, qeba, cgba, rays (linf), "
                                         "surrogate (needs --surrogate), opt, sign_opt, boundary.")] = "hsja,gbba,opt",
-    budgets: Annotated[str, typer.Option("--budgets", help="Comma list of query budgets per image.")] = "1000,5000,10000,15000,20000",
+    budgets: Annotated[str | None, typer.Option("--budgets", help="Comma list of query budgets per image "
+                                                "(default 1000,5000,10000,15000,20000).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Correctly classified test images (seeded choice).")] = 50,
     defense: Annotated[str, typer.Option("--defense", help="Comma list of inference-time defenses with optional "
                                          "parameters: none,rnd:nu=0.05,dnd:m=0.01:n=0.5")] = "none",
@@ -441,9 +440,10 @@ def blackbox(
     if target and not target.startswith(("http://", "https://")):
         run, target = Path(refs(None if run is None else str(run), target)), None
     summary = api.blackbox(run, out, dataset=dataset, data_dir=data_dir, attacks=split_list(attack),
-                           budgets=split_list(budgets, int), n_images=n_images, defenses=split_list(defense),
-                           seed=seed, norm=norm, target=target, api_key=api_key, batch_size=batch_size,
-                           adaptive_k=adaptive, device=device, surrogate=surrogate, overwrite=overwrite)
+                           budgets=parse_budgets(budgets) if budgets else None, n_images=n_images,
+                           defenses=[DefenseSpec.parse(d) for d in split_list(defense)], seed=seed, norm=Norm.parse(norm),
+                           target=target, api_key=api_key, batch_size=batch_size, adaptive_k=adaptive, device=device,
+                           surrogate=surrogate, overwrite=overwrite)
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

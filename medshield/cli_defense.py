@@ -14,7 +14,8 @@ from medshield.cli_target import TargetOpt, refs
 
 def register(app: typer.Typer) -> None:
     """Add the black-box defense commands to ``app``."""
-    from medshield.cli import DataDir, Seed, emit, split_list, user_errors
+    from medshield.cli import DataDir, Seed, emit, user_errors
+    from medshield.types import parse_floats, split_list
 
     @app.command()
     @user_errors
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         """Clean accuracy and flip rate vs noise level for RND and DND; writes OUT/tradeoff.json/.md/.png."""
         from medshield import api
 
-        summary = api.defense_tradeoff(refs(run, target), out, dataset=dataset, data_dir=data_dir, nu_grid=split_list(nu, float),
-                                       m_grid=split_list(m, float), n_grid=split_list(n, float), n_fixed=n_fixed,
+        summary = api.defense_tradeoff(refs(run, target), out, dataset=dataset, data_dir=data_dir, nu_grid=list(parse_floats(nu, "--nu")),
+                                       m_grid=list(parse_floats(m, "--m")), n_grid=list(parse_floats(n, "--n")), n_fixed=n_fixed,
                                        m_fixed=m_fixed, max_drop=max_drop, repeats=repeats, split=split, seed=seed)
         emit({"undefended_accuracy": summary["undefended_accuracy"], "chosen": summary["chosen"]})

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from medshield.errors import MedShieldError
+from medshield.types import parse_budgets, parse_eps, split_list
 
 TargetOpt = Annotated[str | None, typer.Option("--target", help="Target card YAML (see `medshield target check`); "
                                                "comma-separated for several.")]
@@ -68,15 +69,12 @@ def register(app: typer.Typer) -> None:
         finding while the others stay unchanged; writes OUT/findings.json."""
         from medshield import api
 
-        try:
-            budget_list = [int(b) for b in budgets.split(",") if b.strip()]
-        except ValueError:
-            raise MedShieldError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
-        mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+        budget_list = parse_budgets(budgets)
+        mode_list = tuple(split_list(modes))
         if not mode_list or any(m not in ("hide", "add") for m in mode_list):
             raise MedShieldError(f"--modes must be hide, add or hide,add; got {modes!r}")
         summary = api.findings(card, out, dataset=dataset, data_dir=data_dir, manifest=manifest, n_images=n_images,
-                               eps=eps, budgets=budget_list, modes=mode_list, label_only=label_only, seed=seed,
+                               eps=parse_eps(eps), budgets=budget_list, modes=mode_list, label_only=label_only, seed=seed,
                                device=device)
         emit({"clean": {n: {k: f[k] for k in ("auc", "sensitivity", "specificity")}
                         for n, f in summary["clean"]["findings"].items()},

@@ -24,6 +24,11 @@ class BudgetExceeded(MedShieldError):
     """A query budget or rate limit was exhausted."""
 
 
+class SpecError(MedShieldError, ValueError):
+    """Text from the command line, a YAML config or an HTTP request that does not parse into a typed
+    value (an eps, a budget, a defense spec); also a ``ValueError``."""
+
+
 def new_ancestor(path: Path) -> Path | None:
     """The topmost folder of ``path`` (itself included) that does not exist yet, or None."""
     path = Path(path).absolute()

@@ -71,3 +71,20 @@ def test_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
     r = runner.invoke(app, ["defend", "--dataset", "demo", "--defense", "noise", "--device", "cuda",
                             "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "no CUDA GPU" in _err(r) and "Traceback" not in _err(r)
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--run", "nowhere", "--defense", "rnd", "--defense-param", "m=0.1"],
+    ["serve", "--run", "nowhere", "--defense", "rnd:m=0.1"],
+    ["blackbox", "--run", "nowhere", "--out", "x", "--defense", "none,dnd:m"],
+    ["blackbox", "--run", "nowhere", "--out", "x", "--budgets", "100,0"],
+    ["attack", "--run", "nowhere", "--out", "x", "--eps", "2/255,300/255"],
+    ["transfer", "--source", "a,b", "--out", "x", "--eps", "two"],
+])
+def test_bad_specs_are_one_line_before_any_work(args: list[str]) -> None:
+    """Defense specs, budgets and eps are parsed at the edge: a bad one is a one-line error (exit 2)."""
+    r = runner.invoke(app, args)
+    err = _err(r).strip()
+    assert r.exit_code == 2, err
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "nowhere" not in err  # refused before the run was looked at

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from medshield.defenses.inference import INFERENCE_DEFENSES, DefenseSpec
 from medshield.errors import MedShieldError
-from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, summarise
+from medshield.evaluation.blackbox import BlackboxConfig, summarise
 from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
 
 
@@ -18,8 +19,8 @@ def job(l2_by_budget: dict[int, list[float]]) -> dict:
 
 def test_summary_table_and_plots(tmp_path) -> None:  # noqa: ANN001
     cfg = BlackboxConfig(budgets=[1000, 5000], n_bootstrap=200)
-    hsja = summarise("hsja", "none", [job({1000: [2.0, 4.0], 5000: [1.0, 2.0]}), job({1000: [3.0], 5000: [1.0]})], cfg)
-    gbba = summarise("gbba", "none", [job({1000: [1.0, 2.0, float("inf")], 5000: [0.5, 1.0, 1.5]})], cfg)
+    hsja = summarise("hsja", DefenseSpec("none"), [job({1000: [2.0, 4.0], 5000: [1.0, 2.0]}), job({1000: [3.0], 5000: [1.0]})], cfg)
+    gbba = summarise("gbba", DefenseSpec("none"), [job({1000: [1.0, 2.0, float("inf")], 5000: [0.5, 1.0, 1.5]})], cfg)
     assert [r["budget"] for r in hsja] == [1000, 5000]
     assert hsja[0]["mean_l2"] == pytest.approx(3.0) and hsja[0]["median_l2"] == pytest.approx(3.0)
     assert hsja[0]["n_images"] == 3 and hsja[0]["seconds"] == pytest.approx(4.0)
@@ -35,26 +36,29 @@ def test_summary_table_and_plots(tmp_path) -> None:  # noqa: ANN001
 
 
 def test_defense_registry_hook() -> None:
-    assert BLACKBOX_DEFENSES.names() == ["dnd", "none", "rnd"]
+    assert INFERENCE_DEFENSES.names() == ["dnd", "none", "rnd"]
     with pytest.raises(MedShieldError, match="did you mean 'none'"):
-        BLACKBOX_DEFENSES.get("nne")
+        INFERENCE_DEFENSES.get("nne")
 
 
 def test_parse_defense_specs() -> None:
-    from medshield.evaluation.blackbox import defense_label, parse_defense
-
-    assert parse_defense("none") == ("none", {})
-    assert parse_defense("rnd") == ("rnd", {"nu": 0.02})
-    assert parse_defense(" DND:m=0.03 ") == ("dnd", {"m": 0.03, "n": 0.5})
-    assert defense_label(*parse_defense("dnd:n=1:m=0.01")) == "dnd:m=0.01:n=1"
+    parse = DefenseSpec.parse
+    assert (parse("none").name, parse("none").resolved()) == ("none", {})
+    assert (parse("rnd").name, parse("rnd").resolved()) == ("rnd", {"nu": 0.02})
+    assert parse(" DND:m=0.03 ").resolved() == {"m": 0.03, "n": 0.5}
+    assert parse("dnd:n=1:m=0.01").label() == "dnd:m=0.01:n=1"
+    # explicit parameters stay apart from the registry's defaults
+    assert parse("rnd").explicit == {} and str(parse("rnd")) == "rnd"
+    assert parse(" DND:m=0.03 ").explicit == {"m": 0.03} and str(parse(" DND:m=0.03 ")) == "dnd:m=0.03"
+    assert parse(str(parse("dnd:n=1:m=0.01"))) == parse("dnd:m=0.01:n=1")
     with pytest.raises(MedShieldError, match="expected NAME:KEY=NUMBER"):
-        parse_defense("rnd:nu")
+        parse("rnd:nu")
     with pytest.raises(MedShieldError, match="expected NAME:KEY=NUMBER"):
-        parse_defense("rnd:nu=abc")
+        parse("rnd:nu=abc")
     with pytest.raises(MedShieldError, match="no parameter 'm'.*nu"):
-        parse_defense("rnd:m=0.1")
+        parse("rnd:m=0.1")
     with pytest.raises(MedShieldError, match="did you mean 'rnd'"):
-        parse_defense("rdn:nu=0.1")
+        parse("rdn:nu=0.1")
 
 
 def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path, monkeypatch) -> None:  # noqa: ANN001
@@ -63,7 +67,7 @@ def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path
     from medshield.models import predict, predict_labels
 
     part = load_demo().test
-    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 100], defenses=["none", "rnd:nu=0.3"], n_images=2,
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 100], defenses=[DefenseSpec.parse("none"), DefenseSpec.parse("rnd:nu=0.3")], n_images=2,
                          n_bootstrap=10, clean_repeats=2, adaptive_k=3)
     summary = bb.run_blackbox(demo_model, part, tmp_path, cfg, positive_class=1)
     none, rnd = summary["records"][0], summary["records"][2]
@@ -112,7 +116,7 @@ def test_noisy_target_claims_are_checked_against_the_classifier() -> None:
     x, y = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.zeros(3, dtype=torch.long)
     cfg = BlackboxConfig(attacks=["hsja"], budgets=[40, 120], n_images=3, n_bootstrap=10, verify_repeats=200)
     job = run_job("hsja", coin, x, y, cfg, seed=0, desc="coin", base_fn=truth)
-    rec = summarise("hsja", "rnd", [job], cfg)
+    rec = summarise("hsja", DefenseSpec("rnd"), [job], cfg)
     for r in rec:
         assert r["claim_rate"] == 1.0 and r["success_rate"] == 0.0 and r["verified_mean_l2"] is None
         assert r["defended_success_rate"] == pytest.approx(0.5, abs=0.1)
@@ -124,7 +128,7 @@ def test_defended_records_split_claims_from_real_adversarials(demo_model, tmp_pa
     from medshield.data import load_demo
     from medshield.evaluation.blackbox import run_blackbox
 
-    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 150], defenses=["none", "rnd:nu=0.2"], n_images=3,
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[50, 150], defenses=[DefenseSpec.parse("none"), DefenseSpec.parse("rnd:nu=0.2")], n_images=3,
                          n_bootstrap=10, clean_repeats=1, verify_repeats=5)
     recs = run_blackbox(demo_model, load_demo().test, tmp_path, cfg)["records"]
     none, rnd = recs[:2], recs[2:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from medshield.defenses.detection import StreamDetector
-from medshield.defenses.inference import DND, INFERENCE_DEFENSES, RND, defend
+from medshield.defenses.inference import DND, INFERENCE_DEFENSES, RND, DefenseSpec
 
 
 class Identity(torch.nn.Module):
@@ -46,7 +46,7 @@ def test_dnd_noise_on_input_and_scores() -> None:
 
 
 def test_registry_and_none(tiny) -> None:  # noqa: ANN001
-    assert defend(tiny, "none") is tiny
+    assert DefenseSpec.parse("none").build(tiny) is tiny
     assert isinstance(INFERENCE_DEFENSES.create("rnd", model=tiny, nu=0.01), RND)
     with pytest.raises(ValueError):
         DND(tiny, m=-1)
@@ -77,12 +77,13 @@ def test_detector_batch_equals_one_by_one() -> None:
 
 
 def test_blackbox_defense_registry(tiny) -> None:  # noqa: ANN001
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES
-
-    assert BLACKBOX_DEFENSES.create("none", model=tiny) is tiny
-    assert isinstance(BLACKBOX_DEFENSES.create("rnd", model=tiny, seed=1), RND)
-    dnd = BLACKBOX_DEFENSES.create("dnd", model=tiny, seed=1, m=0.0, n=0.1)
+    assert INFERENCE_DEFENSES.create("none", model=tiny) is tiny
+    assert isinstance(INFERENCE_DEFENSES.create("rnd", model=tiny, seed=1), RND)
+    dnd = INFERENCE_DEFENSES.create("dnd", model=tiny, seed=1, m=0.0, n=0.1)
     assert isinstance(dnd, DND) and dnd.n == 0.1
+    # one set of defaults: the spec, the registry and the class agree (dnd m = 0.01 everywhere)
+    built = DefenseSpec.parse("dnd").build(tiny)
+    assert (built.m, built.n) == (0.01, 0.5) == (DND(tiny).m, DND(tiny).n)
 
 
 class MeanThreshold(torch.nn.Module):

@@ -250,6 +250,7 @@ def test_build_server_app_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     from conftest import tiny_model
     from medshield import api
+    from medshield.defenses.inference import DefenseSpec
     from medshield.errors import MedShieldError
     from medshield.models import create_model, save_run
 
@@ -260,7 +261,7 @@ def test_build_server_app_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     info = TestClient(app).get("/v1/model", headers=AUTH).json()
     assert info["model"] == "smallcnn" and info["budget"] == 3 and info["classes"] == ["normal", "pneumonia"]
     with pytest.raises(MedShieldError, match="did you mean .rnd."):
-        api.build_server_app(tmp_path / "run", defense="rnx")
+        api.build_server_app(tmp_path / "run", defense=DefenseSpec.parse("rnx"))
     with pytest.raises(MedShieldError, match="per worker"):
         api.serve(tmp_path / "run", workers=2, budget=10)
     assert tiny_model  # fixture helper import used by other tests
@@ -286,19 +287,20 @@ def test_served_defense_from_registry(tmp_path: Path, monkeypatch: pytest.Monkey
     from fastapi.testclient import TestClient
 
     from medshield import api
+    from medshield.defenses.inference import DefenseSpec
     from medshield.errors import MedShieldError
     from medshield.models import create_model, save_run
 
     save_run(tmp_path / "run", create_model(name="smallcnn", in_channels=1, num_classes=2, image_size=28))
     monkeypatch.setenv("MEDSHIELD_API_KEYS", KEY)
-    app = api.build_server_app(tmp_path / "run", defense="dnd", defense_params=api.parse_params(["m=0.05", "n=0.5"]),
+    app = api.build_server_app(tmp_path / "run", defense=DefenseSpec.parse("dnd:m=0.05:n=0.5"),
                                detector="stream", allow_scores=True)
     client = TestClient(app)
     info = client.get("/v1/model", headers=AUTH).json()
     assert info["defenses"] == ["dnd"] and info["detector"] is True
     a, b = (post_json(client, {"images": IMAGES.tolist()}).json()["scores"] for _ in range(2))
     assert a != b  # DND answers the same query with fresh noise
-    with pytest.raises(MedShieldError, match="NAME=NUMBER"):
-        api.parse_params(["m"])
+    with pytest.raises(MedShieldError, match="KEY=NUMBER"):
+        DefenseSpec.parse("dnd:m")
     with pytest.raises(MedShieldError, match="unknown detector"):
         api.make_detector("strem")

@@ -15,7 +15,8 @@ from medshield.attacks import create_attack
 from medshield.evaluation.checks import check_randomised, check_result, check_softmax_output, check_zero_gradients
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.transfer import accuracy_matrix, transfer_records
-from medshield.evaluation.whitebox import WhiteboxJob, eps_label, parse_eps, run_whitebox, select_direction
+from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox, select_direction
+from medshield.types import eps_label, parse_eps
 from medshield.report import adversarial_grid, heatmap, line_plot, markdown_table, pivot_table
 from medshield.types import AttackResult, Norm
 
@@ -30,9 +31,10 @@ def data():
 
 
 def test_parse_eps_fractions_and_errors() -> None:
-    assert parse_eps("0.5/255, 2/255,0.1") == pytest.approx([0.5 / 255, 2 / 255, 0.1])
+    assert parse_eps("0.5/255, 2/255,0.1") == pytest.approx((0.5 / 255, 2 / 255, 0.1))
     assert eps_label(2 / 255) == "2/255" and eps_label(0.5 / 255) == "0.5/255"
-    for bad in ("abc", "", "-1/255", "1/2/3"):
+    assert parse_eps("1.5", norm="l2") == (1.5,)  # L2 budgets may exceed 1
+    for bad in ("abc", "", "-1/255", "1/2/3", "0", "1.5", "1/0", "nan"):
         with pytest.raises(ValueError):
             parse_eps(bad)
 

@@ -1,18 +1,47 @@
 """The audit campaign's configuration: a YAML file validated by pydantic, every field with a default.
 
 ``medshield audit --print-config`` writes the defaults as YAML to start from. Unknown keys are errors
-(a typo must not silently drop a part of the audit).
+(a typo must not silently drop a part of the audit). This is the YAML edge: eps become floats
+(written back as ``2/255``), budgets ints and defenses :class:`DefenseSpec` values here, once, with
+the same parsers the CLI uses.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError,
+                      model_validator)
 
+from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError
+from medshield.evaluation.blackbox import BlackboxConfig
+from medshield.evaluation.defense import EVAL_ATTACKS
+from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
+from medshield.types import EPS, EPS_GRID, Norm, eps_label, parse_budgets, parse_eps_value, split_list
+
+
+def eps_text(eps: float) -> str:
+    """How an eps is written back (YAML dumps, ``audit.json``'s config): ``2/255`` or the exact decimal."""
+    label = eps_label(eps)
+    return label if label.endswith("/255") else repr(float(eps))
+
+
+Eps = Annotated[float, BeforeValidator(lambda v: parse_eps_value(v, Norm.L2)), PlainSerializer(eps_text, return_type=str)]
+"""An eps written as ``2/255`` or ``0.0078`` (> 0; L-inf sections check <= 1); a float inside, its label in dumps."""
+LinfEps = Annotated[float, BeforeValidator(parse_eps_value), PlainSerializer(eps_text, return_type=str)]
+"""An L-inf eps in (0, 1]."""
+NormField = Annotated[Norm, BeforeValidator(Norm.parse), PlainSerializer(str, return_type=str)]
+Defense = Annotated[DefenseSpec, PlainValidator(DefenseSpec.parse), PlainSerializer(str, return_type=str)]
+"""An inference-defense spec such as ``rnd:nu=0.04``; a :class:`DefenseSpec` inside, its text in dumps."""
+Budgets = Annotated[list[int], BeforeValidator(lambda v: list(parse_budgets(v)))]
+"""Query budgets: positive ints, sorted and distinct."""
+Names = Annotated[list[str], BeforeValidator(split_list)]
+"""Names as a YAML list or a comma-separated string."""
+NameList = Annotated[list[str], BeforeValidator(split_list), PlainSerializer(",".join, return_type=str)]
+"""Names written (and dumped) as one comma-separated string."""
 
 
 class Section(BaseModel):
@@ -25,32 +54,39 @@ class CleanSpec(Section):
 
 
 class WhiteboxSpec(Section):
-    attacks: list[str] = ["fgsm", "bim", "pgd", "mifgsm", "cw", "fmn", "autoattack"]
+    attacks: Names = ["fgsm", "bim", "pgd", "mifgsm", "cw", "fmn", "autoattack"]
     attack_options: dict[str, dict[str, Any]] = Field(
         {"autoattack": {"square_queries": 1000}},
         description="constructor options per attack (e.g. autoattack: steps, targets, square_queries)")
     eot_samples: int = Field(16, ge=1, description="draws averaged per gradient (EOT) when the model is randomised")
-    eps: list[str] = ["0.5/255", "1/255", "2/255", "4/255", "8/255"]
-    norm: str = "linf"
+    eps: list[Eps] = list(EPS_GRID)
+    norm: NormField = Norm.LINF
     n_images: int | None = Field(500, ge=1, description="test images (seeded choice); null = the whole split")
     batch_size: int = Field(128, ge=1)
     grid_images: int = Field(2, ge=1, description="images per class in the comparison grid")
 
+    @model_validator(mode="after")
+    def _linf_range(self) -> WhiteboxSpec:
+        if self.norm is Norm.LINF:
+            for e in self.eps:
+                parse_eps_value(e)  # (0, 1] for L-inf
+        return self
+
 
 class TransferSpec(Section):
     attack: str = "mifgsm"
-    eps: str = "2/255"
+    eps: LinfEps = EPS
     n_images: int | None = Field(500, ge=1)
     models: list[str] = Field([], description="extra run folders used only as transfer targets/sources")
 
 
 class BlackboxSpec(Section):
-    attacks: list[str] = ["hsja", "gbba", "opt"]
-    budgets: list[int] = [1000, 5000, 10_000]
-    defenses: list[str] = ["none", "rnd", "dnd"]
+    attacks: Names = list(BlackboxConfig.attacks)
+    budgets: Budgets = [1000, 5000, 10_000]
+    defenses: list[Defense] = [DefenseSpec("none"), DefenseSpec("rnd"), DefenseSpec("dnd")]
     n_images: int = Field(10, ge=1)
     shard_size: int = Field(5, ge=1, description="images per job (the unit of resumption and parallelism)")
-    norm: str = "l2"
+    norm: NormField = Norm.L2
     adaptive_k: int = Field(5, ge=1, description="against a randomised defense (detected: the same input twice "
                                                  "gives different outputs) every query is repeated k times and "
                                                  "the majority label taken; budgets count all k; 1 = naive attacker")
@@ -58,16 +94,9 @@ class BlackboxSpec(Section):
                                                                  "'none'; null = all of `attacks`")
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
-    @field_validator("budgets")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError("budgets must be positive query counts")
-        return sorted(set(v))
-
 
 class DetectionSpec(Section):
-    attacks: list[str] = ["hsja", "gbba", "opt"]
+    attacks: Names = list(BlackboxConfig.attacks)
     budget: int = Field(1000, ge=1, description="queries per attacked image")
     n_images: int = Field(5, ge=1)
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
@@ -75,17 +104,17 @@ class DetectionSpec(Section):
 
 class TrainingDefenseSpec(Section):
     enabled: bool = False
-    defenses: list[str] = ["at", "ant"]
+    defenses: Names = ["at", "ant"]
     train_attack: str = "mifgsm"
     train_attacks: dict[str, str] = Field({}, description="per-defense train attack overriding train_attack, "
                                                            "e.g. {ant: fgsm_iter}")
     source: str = Field("online", pattern="^(online|fixed)$",
                         description="adversarials from the model being trained (online) or once from the "
                                     "pre-trained model (fixed, as the thesis)")
-    train_eps: str = "2/255"
+    train_eps: LinfEps = EPS
     train_steps: int = 5
     epochs: int = Field(3, ge=1)
-    eval_attacks: str = "fgsm,bim,mifgsm,pgd"
+    eval_attacks: NameList = list(EVAL_ATTACKS)
     eval_n: int | None = 500
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 

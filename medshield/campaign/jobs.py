@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from medshield.defenses.inference import DefenseSpec
 from medshield.evaluation.multilabel import (
     FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
 )
@@ -86,7 +87,8 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
     """Adversarials made on ``source``, evaluated on every target (one row of the transfer matrix)."""
     from medshield.attacks import create_attack
     from medshield.evaluation.transfer import check_compatible, transfer_record
-    from medshield.evaluation.whitebox import eps_label, run_batched
+    from medshield.evaluation.whitebox import run_batched
+    from medshield.types import eps_label
     from medshield.models import predict
 
     src_target, ds = _load_target(source, dataset, data_dir, device)
@@ -101,52 +103,49 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
 
 
 def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
-                 defense: str, indices: list[int], budgets: list[int], norm: str, shard: int,
+                 defense: DefenseSpec, indices: list[int], budgets: list[int], norm: str, shard: int,
                  device: str = "cpu", adaptive_k: int = 1) -> dict[str, Any]:
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
     generator seeded by the job's identity, so a re-run gives the same answers. When the defended
     model is randomised (two passes on the same images differ), the attacker takes a majority vote over
     ``adaptive_k`` repeats of every query (all charged to the budget); the output says so."""
     from medshield.attacks.decision import model_label_fn
-    from medshield.evaluation.blackbox import BLACKBOX_DEFENSES, BlackboxConfig, parse_defense, run_job
+    from medshield.evaluation.blackbox import BlackboxConfig, run_job
     from medshield.evaluation.checks import is_randomised
 
     model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
     job_seed = derived_seed(seed, run, attack, defense, shard)
-    name, params = parse_defense(defense)
-    defended = BLACKBOX_DEFENSES.create(name, model=model, seed=job_seed, **params)
+    defended = defense.build(model, seed=job_seed)
     randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
                          norm=norm, adaptive_k=adaptive_k if randomized else 1)
-    base_fn = model_label_fn(model) if name != "none" else None
+    base_fn = model_label_fn(model) if not defense.is_none else None
     rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{ref_name(run)} #{shard}]",
                   base_fn)
     if shard:
         rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
     else:
         rec["first_image"] = x[0].flatten().tolist()
-    return {"run": ref_name(run), "attack": attack, "defense": defense, "shard": shard, "indices": indices,
+    return {"run": ref_name(run), "attack": attack, "defense": str(defense), "shard": shard, "indices": indices,
             "image_shape": list(x.shape[1:]), "randomized_target": randomized, "adaptive_k": cfg.adaptive_k, **rec}
 
 
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,
-                       defense: str, device: str = "cpu") -> dict[str, Any]:
+                       defense: DefenseSpec, device: str = "cpu") -> dict[str, Any]:
     """What an inference-time defense (a spec such as ``rnd:nu=0.04``) costs on the clean split:
     accuracy, AUC, flip rate."""
-    from medshield.evaluation.blackbox import parse_defense
     from medshield.evaluation.defended import defended_clean_metrics
 
     model, ds = _load(run, dataset, data_dir, device)
-    name, params = parse_defense(defense)
-    rec = defended_clean_metrics(model, ds, name, params, split=split, seed=derived_seed(seed, run, defense, "clean"))
-    return {"run": ref_name(run), **rec, "defense": defense}
+    rec = defended_clean_metrics(model, ds, defense, split=split, seed=derived_seed(seed, run, defense, "clean"))
+    return {"run": ref_name(run), **rec, "defense": str(defense)}
 
 
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
-                         out: str, train_attack: str, train_eps: str, train_steps: int, epochs: int,
-                         eval_attacks: str, eval_n: int | None, eval_eps: str, device: str = "cpu",
+                         out: str, train_attack: str, train_eps: float, train_steps: int, epochs: int,
+                         eval_attacks: list[str], eval_n: int | None, eval_eps: float, device: str = "cpu",
                          train_source: str = "online") -> list[dict[str, Any]]:
     """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training).
     ``train_source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained."""
@@ -160,7 +159,7 @@ def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, d
                      train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
                      source=train_source, source_run=base_run if train_source == "fixed" else None,
                      train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
-                     eval_eps=eval_eps, eval_n=eval_n, resume=resume, overwrite=not resume)
+                     eval_eps=[eval_eps], eval_n=eval_n, resume=resume, overwrite=not resume)
     return [{"base_run": Path(base_run).name, **r} for r in records]
 
 

@@ -21,7 +21,6 @@ from medshield.campaign.jobs import _load_target, derived_seed, split_timings
 from medshield.errors import MedShieldError
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
-from medshield.evaluation.whitebox import parse_eps
 from medshield.models.checkpoint import write_json
 from medshield.report.schema import SCHEMA_VERSION
 from medshield.targets import GRADIENTS_UNAVAILABLE, load_card, ref_name
@@ -65,11 +64,9 @@ def validate(cfg: CampaignConfig) -> None:
     from medshield.attacks import ATTACKS, create_attack
     from medshield.attacks.decision import DECISION_ATTACKS
     from medshield.defenses.training import TRAINING_DEFENSES
-    from medshield.evaluation.blackbox import parse_defense
-    from medshield.evaluation.whitebox import parse_eps
 
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack,
-                                        *cfg.defenses.train_attacks.values()]:
+                                        *cfg.defenses.train_attacks.values()] + cfg.defenses.eval_attacks:
         ATTACKS.get(name)
     for name, options in cfg.whitebox.attack_options.items():
         try:
@@ -79,20 +76,12 @@ def validate(cfg: CampaignConfig) -> None:
     for name in cfg.blackbox.attacks + (cfg.blackbox.defended_attacks or []) + cfg.detection.attacks + \
             [cfg.multilabel.label_only_attack]:
         DECISION_ATTACKS.get(name)
-    for spec in cfg.blackbox.defenses:
-        parse_defense(spec)
     for name in cfg.defenses.defenses:
         TRAINING_DEFENSES.get(name)
-    try:
-        parse_eps(cfg.whitebox.eps), parse_eps(cfg.transfer.eps), parse_eps(cfg.defenses.train_eps)
-    except ValueError as exc:
-        raise MedShieldError(str(exc)) from exc
 
 
 def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: str | None, out: Path) -> list[Job]:
     """Every job of the campaign, in a stable order with stable keys."""
-    from medshield.evaluation.whitebox import parse_eps
-
     base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed, **_device(cfg)}
     jobs: list[Job] = []
     multi = [r for r in runs if is_multilabel(r)]
@@ -106,7 +95,7 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
             wb = cfg.whitebox
             for attack in wb.attacks:
                 jobs.append(Job(f"whitebox|{_name(run)}|{attack}", f"{JOBS}:whitebox_job",
-                                {"run": run, **base, "attack": attack, "eps": parse_eps(wb.eps), "norm": wb.norm,
+                                {"run": run, **base, "attack": attack, "eps": list(wb.eps), "norm": str(wb.norm),
                                  "n_images": wb.n_images, "batch_size": wb.batch_size,
                                  **_attack_options(wb.attack_options.get(attack), wb.eot_samples)}))
     jobs += _transfer_jobs(cfg, runs, base)
@@ -133,7 +122,7 @@ def _multilabel_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> lis
                 {"run": run, **base, "bootstrap": cfg.clean.bootstrap})]
     if cfg.whitebox.enabled and has_gradients(run, base):
         jobs += [Job(f"mlwhitebox|{name}|{f}", f"{JOBS}:multilabel_whitebox_job",
-                     {"run": run, **base, "finding": f, "eps": parse_eps(cfg.whitebox.eps), "modes": ml.modes,
+                     {"run": run, **base, "finding": f, "eps": list(cfg.whitebox.eps), "modes": ml.modes,
                       "steps": ml.steps, "n_images": cfg.whitebox.n_images}) for f in attacked]
     if cfg.blackbox.enabled:
         jobs += [Job(f"mlblackbox|{name}|{f}", f"{JOBS}:multilabel_label_only_job",
@@ -155,12 +144,10 @@ def _device(cfg: CampaignConfig) -> dict[str, str]:
 
 
 def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -> list[Job]:
-    from medshield.evaluation.whitebox import parse_eps
-
     models = [m for m in dict.fromkeys(runs + cfg.transfer.models) if not is_multilabel(m)]
     if not cfg.transfer.enabled or len(models) < 2:
         return []
-    eps = parse_eps(cfg.transfer.eps)[0]
+    eps = cfg.transfer.eps
     return [Job(f"transfer|{_name(src)}|{cfg.transfer.attack}|{eps:.8g}", f"{JOBS}:transfer_job",
                 {"source": src, "targets": models, **base, "attack": cfg.transfer.attack, "eps": eps, "norm": "linf",
                  "n_images": cfg.transfer.n_images}) for src in models if has_gradients(src, base)]
@@ -177,8 +164,6 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
 
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
-    from medshield.evaluation.blackbox import parse_defense
-
     bb, jobs = cfg.blackbox, []
     if bb.enabled and covers(bb.runs, run):
         idx = blackbox_indices(cfg, run, base, bb.n_images)
@@ -186,15 +171,15 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
         for defense in bb.defenses:
             jobs.append(Job(f"defended_clean|{_name(run)}|{defense}", f"{JOBS}:defended_clean_job",
                             {"run": run, **base, "defense": defense}))
-            attacks = bb.attacks if bb.defended_attacks is None or parse_defense(defense)[0] == "none" \
+            attacks = bb.attacks if bb.defended_attacks is None or defense.is_none \
                 else [a for a in bb.attacks if a in bb.defended_attacks]
             for attack in attacks:
                 for k, shard in enumerate(shards):
-                    adaptive = {"adaptive_k": bb.adaptive_k} if bb.adaptive_k > 1 and parse_defense(defense)[0] != "none" else {}
+                    adaptive = {"adaptive_k": bb.adaptive_k} if bb.adaptive_k > 1 and not defense.is_none else {}
                     tag = f"|k{bb.adaptive_k}" if adaptive else ""
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}{tag}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
-                                     "budgets": bb.budgets, "norm": bb.norm, "shard": k, **adaptive}))
+                                     "budgets": bb.budgets, "norm": str(bb.norm), "shard": k, **adaptive}))
     if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",
@@ -244,7 +229,7 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
 
 def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Group job outputs into result sections; wall-clock fields are split off into timings."""
-    from medshield.evaluation.blackbox import BlackboxConfig, parse_defense, summarise
+    from medshield.evaluation.blackbox import BlackboxConfig, summarise
     from medshield.evaluation.whitebox import worst_case
 
     res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
@@ -272,13 +257,13 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
         res["multilabel"] = {"clean": multilabel["mlclean"], "whitebox": multilabel["mlwhitebox"],
                              "label_only": multilabel["mlblackbox"]}
     bb = cfg.blackbox
-    bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=bb.norm)
+    bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=str(bb.norm))
     costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}
+    specs = {str(d): d for d in bb.defenses}
     for (run, attack, defense), parts in shards.items():
         parts.sort(key=lambda p: p["shard"])
-        name, params = parse_defense(defense)
         k = int(parts[0].get("adaptive_k", 1))
-        for rec in summarise(attack, name, parts, replace(bcfg, adaptive_k=k), params, costs.get((run, defense))):
+        for rec in summarise(attack, specs[defense], parts, replace(bcfg, adaptive_k=k), costs.get((run, defense))):
             kept, _ = split_timings(rec)
             res["blackbox"].append({"run": run, **kept,
                                     "randomized_target": bool(parts[0].get("randomized_target", False))})

@@ -240,15 +240,12 @@ def preset_config(preset: ThesisPreset, config: str | Path | None = None, **over
 
 def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
     """The campaign for one dataset: the chapters the thesis reports on it, on the models they concern."""
-    from medshield.evaluation.whitebox import parse_eps
-
     chapters = {f.chapter for f in THESIS_NUMBERS if f.dataset == plan.role}
     wb, d = cfg.whitebox, cfg.defenses
     thesis_attacks = [OUR_ATTACK.get(a, a) for a in ("fgsm", "mifgsm")]
     attacks = list(dict.fromkeys([*wb.attacks, *thesis_attacks]))
-    eval_attacks = ",".join(dict.fromkeys([*d.eval_attacks.split(","), *thesis_attacks]))
-    eps = wb.eps if any(math.isclose(e, parse_eps(cfg.transfer.eps)[0]) for e in parse_eps(wb.eps)) \
-        else [*wb.eps, cfg.transfer.eps]
+    eval_attacks = list(dict.fromkeys([*d.eval_attacks, *thesis_attacks]))
+    eps = wb.eps if any(math.isclose(e, cfg.transfer.eps) for e in wb.eps) else [*wb.eps, cfg.transfer.eps]
     return cfg.model_copy(update={
         "title": f"{cfg.title} — {plan.dataset}",
         "whitebox": wb.model_copy(update={"enabled": True, "attacks": attacks, "eps": eps}),
@@ -366,7 +363,7 @@ def figure_record(fig: ThesisFigure, plan: DatasetPlan | None, runs: dict[str, s
     if fig.attack in OUR_ATTACK:
         note += f", {OUR_ATTACK[fig.attack]} (the thesis's Algorithm 1)"
     if "eps" in extra:
-        from medshield.evaluation.whitebox import eps_label
+        from medshield.types import eps_label
 
         note += f", eps {eps_label(eps)}"
     if extra.get("our_budget") not in (None, fig.budget):
@@ -409,7 +406,6 @@ def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick
     ``thesis.html`` (the thesis's figures beside ours, one table per chapter). Resumable: trained models
     and finished campaign jobs are kept."""
     from medshield.campaign.audit import audit
-    from medshield.evaluation.whitebox import parse_eps
     from medshield.report.thesis import write_thesis_report
 
     start = time.perf_counter()
@@ -417,7 +413,7 @@ def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick
     data_dir, out = Path(data_dir), Path(out)
     cfg = preset_config(spec, config, workers=workers, executor=executor, address=address)
     plans, skipped = present(spec, data_dir)
-    eps = parse_eps(cfg.transfer.eps)[0]
+    eps = cfg.transfer.eps
     done: dict[str, tuple[DatasetPlan, dict[str, str], dict[str, Any]]] = {}
     for plan in plans:
         if plan.role in done:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medshield.registry import Registry
+from medshield.types import EPS, Norm
 
 
 class Attack(Protocol):
@@ -106,7 +107,7 @@ class NoiseHook:
         return gaussian_noise(x, self.mean, self.sigma, gen), y
 
 
-def build_training_hook(defense: str, attack_name: str | None = None, eps: float = 2 / 255, *, norm: str = "linf",
+def build_training_hook(defense: str, attack_name: str | None = None, eps: float = EPS, *, norm: Norm | str = Norm.LINF,
                         steps: int | None = None, source: str = "online", fixed_model: nn.Module | None = None,
                         mean: float = 0.0, sigma: float = 0.05) -> Any:
     """The hook for ``defense`` (``none`` gives ``None``): AT/ANT build their attack from the registry."""

@@ -4,7 +4,6 @@ with bootstrap intervals (thesis Tables 5-2 to 5-4)."""
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,76 +17,20 @@ from torch import nn
 from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn, results_by_budget
 from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
+from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
 from medshield.errors import MedShieldError
 from medshield.evaluation.defended import defended_metrics
 from medshield.evaluation.identity import job_identity, model_fingerprint
 from medshield.evaluation.store import RecordStore
 from medshield.progress import progress_bar
-from medshield.registry import Registry
-
-DefenseFactory = Callable[..., nn.Module]
-BLACKBOX_DEFENSES: Registry[nn.Module] = Registry("black-box defense")
-"""Inference-time defenses applied to every oracle query: ``create(name, model=..., seed=...)`` returns
-an ``nn.Module`` around the model (``none``, ``rnd``, ``dnd``)."""
-
-
-@BLACKBOX_DEFENSES.register("none")
-def no_defense(model: nn.Module, seed: int = 0) -> nn.Module:
-    """The undefended model."""
-    return model
-
-
-@BLACKBOX_DEFENSES.register("rnd")
-def rnd_defense(model: nn.Module, seed: int = 0, nu: float = 0.02) -> nn.Module:
-    """RND with nu = 0.02 by default (PneumoniaMNIST smallcnn: clean accuracy unchanged, 1.7% flips)."""
-    from medshield.defenses.inference import RND
-
-    return RND(model, nu=nu, seed=seed)
-
-
-@BLACKBOX_DEFENSES.register("dnd")
-def dnd_defense(model: nn.Module, seed: int = 0, m: float = 0.01, n: float = 0.5) -> nn.Module:
-    """DND with m = 0.01, n = 0.5 by default (PneumoniaMNIST smallcnn: -0.5 points clean, 2.2% flips)."""
-    from medshield.defenses.inference import DND
-
-    return DND(model, m=m, n=n, seed=seed)
-
-
-def parse_defense(spec: str) -> tuple[str, dict[str, float]]:
-    """``"dnd:m=0.01:n=0.5"`` -> ``("dnd", {"m": 0.01, "n": 0.5})``: a registered defense name, then
-    ``:NAME=NUMBER`` parameters; omitted parameters take the factory's defaults, so the returned dict
-    is complete. Unknown names and parameters raise :class:`MedShieldError` with the choices."""
-    name, *items = [part.strip() for part in spec.strip().split(":")]
-    factory = BLACKBOX_DEFENSES.get(name)
-    known = {p.name: p.default for p in inspect.signature(factory).parameters.values()
-             if p.name not in ("model", "seed")}
-    params = dict(known)
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
-            raise MedShieldError(f"bad defense parameter {item!r} in {spec!r}: expected NAME:KEY=NUMBER[:KEY=NUMBER], "
-                                 f"e.g. rnd:nu=0.05 or dnd:m=0.01:n=0.5")
-        if key.strip() not in known:
-            raise MedShieldError(f"defense {name!r} has no parameter {key.strip()!r} "
-                                 f"(parameters: {', '.join(known) or 'none'})")
-        params[key.strip()] = number
-    return name.lower(), params
-
-
-def defense_label(name: str, params: dict[str, float]) -> str:
-    """Canonical spec string, e.g. ``dnd:m=0.01:n=0.5`` (``none`` for the undefended model)."""
-    return ":".join([name, *(f"{k}={v:g}" for k, v in params.items())])
-
 
 @dataclass
 class BlackboxConfig:
+    """What a black-box evaluation runs (typed: budgets are ints, defenses :class:`DefenseSpec`)."""
+
     attacks: Sequence[str] = ("hsja", "gbba", "opt")
     budgets: Sequence[int] = (1000, 5000, 10_000, 15_000, 20_000)
-    defenses: Sequence[str] = ("none",)
+    defenses: Sequence[DefenseSpec] = (NO_DEFENSE,)
     n_images: int = 50
     shard_size: int = 10
     seed: int = 0
@@ -201,9 +144,10 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float], n: int
     return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 
 
-def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: BlackboxConfig,
-              defense_params: dict[str, float] | None = None, clean: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One record per budget from the shard jobs of one (attack, defense); ``clean`` holds the
+def summarise(attack: str, defense: DefenseSpec | None, jobs: list[dict[str, Any]], cfg: BlackboxConfig,
+              clean: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One record per budget from the shard jobs of one (attack, defense); ``defense`` None stands for a
+    remote target's own defenses (``defense="remote"``); ``clean`` holds the
     defended model's metrics on the whole split (``defended_clean_accuracy``, ``_auc``, ``flip_rate``).
 
     ``mean_l2``/``median_l2`` are over the attacker's claimed adversarials (``claim_rate`` of the
@@ -213,7 +157,8 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     over the images that fool the classifier. Without a defense all three rates coincide. ``norm`` is
     the norm the attack minimised (``linf`` for RayS whatever ``cfg.norm``), ``mean_linf``/``median_linf``
     the L-inf distances of the verified adversarials (what an L-inf attack such as RayS is judged by)."""
-    params = dict(defense_params or {})
+    name, params, label = ("remote", {}, "remote") if defense is None else \
+        (defense.name, defense.resolved(), defense.label())
     clean = clean or {}
     records = []
     seconds = sum(j["seconds"] for j in jobs)
@@ -227,8 +172,8 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
         ok = np.isfinite(l2)
         good, real = l2[ok], verified[np.isfinite(verified)]
         records.append({
-            "attack": attack, "defense": defense, "defense_params": params,
-            "defense_spec": defense_label(defense, params), "adaptive_k": int(cfg.adaptive_k),
+            "attack": attack, "defense": name, "defense_params": params,
+            "defense_spec": label, "adaptive_k": int(cfg.adaptive_k),
             "budget": int(budget), "n_images": int(l2.size), "norm": jobs[0].get("norm", cfg.norm) if jobs else cfg.norm,
             "defended_clean_accuracy": clean.get("accuracy"), "defended_clean_auc": clean.get("auc"),
             "flip_rate": clean.get("flip_rate"),
@@ -250,11 +195,10 @@ def summarise(attack: str, defense: str, jobs: list[dict[str, Any]], cfg: Blackb
     return records
 
 
-def clean_job(model: nn.Module, part: ImageSet, name: str, params: dict[str, float], cfg: BlackboxConfig,
+def clean_job(model: nn.Module, part: ImageSet, defense: DefenseSpec, cfg: BlackboxConfig,
               positive_class: int | None) -> dict[str, Any]:
     """The defended model's accuracy, AUC and flip rate on the whole split (what the defense costs)."""
-    return defended_metrics(model, part.images(), part.labels, positive_class, name, params,
-                            cfg.clean_repeats, cfg.seed)
+    return defended_metrics(model, part.images(), part.labels, positive_class, defense, cfg.clean_repeats, cfg.seed)
 
 
 def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
@@ -264,7 +208,7 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     """Run every (defense, attack, shard) job not yet in ``OUT/jobs.json``; returns the summary dict
     (records, config, image indices, strip images) that :func:`medshield.api.blackbox` writes.
 
-    ``cfg.defenses`` are specs for :func:`parse_defense` (``none``, ``rnd:nu=0.05``, ``dnd:m=0.01:n=0.5``).
+    ``cfg.defenses`` are :class:`DefenseSpec` values (``none``, ``rnd:nu=0.05``, ``dnd:m=0.01:n=0.5``).
     Each defense's clean metrics on the whole split are computed once and stored with the jobs.
     ``label_fn`` replaces the local model (e.g. a remote service's labels): its defenses are the
     service's own, so ``cfg.defenses`` must be ``["none"]``, records carry ``defense="remote"`` and no
@@ -273,14 +217,13 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     ``identity`` (``{"model": ..., "data": ...}``, see :mod:`medshield.evaluation.identity`): a stored
     job is reused only when it came from the same model, data, defense, attack, budgets, seed and
     images; otherwise it is refused with the difference named, or recomputed with ``overwrite``."""
-    if label_fn is not None and list(cfg.defenses) != ["none"]:
+    if label_fn is not None and any(not d.is_none for d in cfg.defenses):
         raise MedShieldError("a remote target applies its own defenses; use --defense none with --target")
     if cfg.adaptive_k < 1:
         raise MedShieldError(f"--adaptive must be >= 1 (repeats per query), got {cfg.adaptive_k}")
     for name in cfg.attacks:
         DECISION_ATTACKS.get(name)
         attack_options(name, surrogate)
-    specs = [parse_defense(d) for d in cfg.defenses]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = RecordStore(out / "jobs.json", overwrite=overwrite)
@@ -293,16 +236,16 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     x, y = part.images(indices.tolist()), part.labels[indices]
     k_tag = f"|k{cfg.adaptive_k}" if cfg.adaptive_k > 1 else ""
     records, strips = [], {}
-    for name, params in specs:
-        spec = defense_label(name, params)
-        tag = name if name == "none" or params == parse_defense(name)[1] else spec  # old job keys still resume
+    for defense_spec in cfg.defenses:
+        name, spec = defense_spec.name, defense_spec.label()
+        # jobs keep their old keys (a defense at its defaults is keyed by its name), so old runs resume
+        tag = name if defense_spec.resolved() == DefenseSpec(name).resolved() else spec
         clean = None
         if label_fn is None:
             clean = store.get_or_run(f"clean|{spec}|seed{cfg.seed}|repeats{cfg.clean_repeats}|n{len(part)}",
-                                     lambda: clean_job(model, part, name, params, cfg, positive_class),
+                                     lambda: clean_job(model, part, defense_spec, cfg, positive_class),
                                      inputs(defense=spec, seed=cfg.seed, repeats=cfg.clean_repeats))
-        fn = label_fn or model_label_fn(BLACKBOX_DEFENSES.create(name, model=model, seed=cfg.seed, **params),
-                                        cfg.batch_size)
+        fn = label_fn or model_label_fn(defense_spec.build(model, seed=cfg.seed), cfg.batch_size)
         base_fn = model_label_fn(model, cfg.batch_size) if label_fn is None and name != "none" else None
         v_tag = f"|verify-base{cfg.verify_repeats}" if base_fn is not None else ""
         defense = "remote" if label_fn is not None else name
@@ -321,7 +264,8 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
                     images=indices[rows].tolist())
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
                                                                   cfg.seed + k, desc, base_fn, surrogate), job_inputs))
-            records += summarise(attack, defense, jobs, cfg, params if label_fn is None else {}, clean)
+            records += summarise(attack, defense_spec if label_fn is None else None, jobs, cfg, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
-    return {"records": records, "config": cfg.__dict__, "target": target, "image_indices": indices.tolist(),
+    config = {**cfg.__dict__, "budgets": list(cfg.budgets), "defenses": [str(d) for d in cfg.defenses]}
+    return {"records": records, "config": config, "target": target, "image_indices": indices.tolist(),
             "image_shape": list(x.shape[1:]), "first_image": x[0].flatten().tolist(), "strips": strips}

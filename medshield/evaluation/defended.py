@@ -13,27 +13,28 @@ import torch
 from torch import nn
 
 from medshield.data import Dataset
-from medshield.defenses.inference import defend
+from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
 from medshield.evaluation.metrics import point_metrics
 from medshield.models.bounded import predict, predict_labels, probabilities
 
 
-def defended_clean_metrics(model: nn.Module, ds: Dataset, defense: str, params: dict[str, float],
-                           split: str = "test", repeats: int = 3, seed: int = 0) -> dict[str, Any]:
-    """Clean accuracy/AUC of ``defend(model, defense, **params)`` (mean over repeats) and flip rate."""
+def defended_clean_metrics(model: nn.Module, ds: Dataset, defense: DefenseSpec, split: str = "test",
+                           repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Clean accuracy/AUC of ``defense.build(model)`` (mean over repeats) and flip rate; the record
+    carries the defense's name and every parameter."""
     part = ds.split(split)
-    out = defended_metrics(model, part.images(), part.labels, ds.positive_class, defense, params, repeats, seed)
-    return {"defense": defense, **params, "split": split, **out}
+    out = defended_metrics(model, part.images(), part.labels, ds.positive_class, defense, repeats, seed)
+    return {"defense": defense.name, **defense.resolved(), "split": split, **out}
 
 
 def defended_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, positive_class: int | None,
-                     defense: str, params: dict[str, float], repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+                     defense: DefenseSpec, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
     """``repeats``, ``accuracy``, ``auc`` (means over repeated noisy passes) and ``flip_rate`` of the
     defended model on images ``x`` with labels ``y`` (one pass when ``defense`` is ``none``)."""
     clean_labels = predict_labels(predict(model, x))
-    wrapped = defend(model, defense, seed=seed, **params) if defense != "none" else model
+    wrapped = defense.build(model, seed=seed)
     accs, aucs, flips = [], [], []
-    for _ in range(repeats if defense != "none" else 1):
+    for _ in range(repeats if not defense.is_none else 1):
         logits = predict(wrapped, x)
         m = point_metrics(y.numpy(), probabilities(logits).numpy(), positive_class)
         accs.append(m["accuracy"])
@@ -46,9 +47,10 @@ def defended_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, positiv
 def tradeoff_curve(model: nn.Module, ds: Dataset, grid: dict[str, list[dict[str, float]]],
                    split: str = "test", repeats: int = 3, seed: int = 0) -> list[dict[str, Any]]:
     """Clean metrics for each defense setting in ``grid`` (e.g. ``{"rnd": [{"nu": 0.01}, ...]}``)."""
-    records = [defended_clean_metrics(model, ds, "none", {}, split, 1, seed)]
+    records = [defended_clean_metrics(model, ds, NO_DEFENSE, split, 1, seed)]
     for defense, settings in grid.items():
-        records += [defended_clean_metrics(model, ds, defense, p, split, repeats, seed) for p in settings]
+        records += [defended_clean_metrics(model, ds, DefenseSpec.of(defense, **p), split, repeats, seed)
+                    for p in settings]
     return records
 
 
@@ -70,13 +72,14 @@ def tradeoff_sweeps(model: nn.Module, ds: Dataset, nu_grid: list[float], m_grid:
     fixed at ``n_fixed``) and over ``n_grid`` (``m`` fixed at ``m_fixed``). Each record carries its
     ``sweep``; ``chosen`` holds, per sweep, the strongest setting within ``max_drop`` of the undefended
     accuracy (:func:`pick_parameters`), the operating point to use."""
-    base = defended_clean_metrics(model, ds, "none", {}, split, 1, seed)
+    base = defended_clean_metrics(model, ds, NO_DEFENSE, split, 1, seed)
     settings = {"rnd_nu": [{"nu": v} for v in nu_grid], "dnd_m": [{"m": v, "n": n_fixed} for v in m_grid],
                 "dnd_n": [{"m": m_fixed, "n": v} for v in n_grid]}
     records, chosen = [{**base, "sweep": "none"}], {}
     for sweep, grid in settings.items():
         defense, key = SWEEPS[sweep]
-        recs = [{**defended_clean_metrics(model, ds, defense, p, split, repeats, seed), "sweep": sweep} for p in grid]
+        recs = [{**defended_clean_metrics(model, ds, DefenseSpec.of(defense, **p), split, repeats, seed), "sweep": sweep}
+                for p in grid]
         records += recs
         chosen[sweep] = pick_parameters([base, *recs], defense, key, max_drop)
     return {"records": records, "chosen": chosen, "max_drop": max_drop, "split": split, "repeats": repeats,

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from medshield.types import eps_label
+
+EVAL_ATTACKS: tuple[str, ...] = ("fgsm", "bim", "mifgsm", "pgd")
+"""The attacks a defended model is evaluated with by default."""
+
 
 def defense_label(spec: dict[str, Any]) -> str:
     """``ant(mifgsm 2/255)``, ``at(pgd 8/255)``, ``noise``, ``none``: the training eps is part of the
     name, so models hardened at different budgets never share a row."""
-    from medshield.evaluation.whitebox import eps_label
-
     name, attack, eps = spec["defense"], spec.get("train_attack"), spec.get("train_eps")
     if not attack:
         return name

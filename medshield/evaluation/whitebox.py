@@ -7,10 +7,8 @@ perturbation sizes, time and queries, a clinical per-direction breakdown and san
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from typing import Any
 
 import torch
@@ -23,35 +21,11 @@ from medshield.evaluation.identity import job_identity
 from medshield.evaluation.store import RecordStore
 from medshield.models import eval_mode, predict, predict_labels, probabilities
 from medshield.progress import progress_bar
-from medshield.types import AttackResult, Norm
+from medshield.types import AttackResult, Norm, eps_label
 
 DIRECTIONS = ("both", "disease_to_normal", "normal_to_disease")
-
-
-def parse_eps(text: str | float | Sequence[str | float]) -> list[float]:
-    """``"0.5/255,2/255,0.03"`` -> floats; fractions, decimals and lists are accepted."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    out = []
-    for item in items:
-        s = str(item).strip()
-        if not s:
-            continue
-        if not re.fullmatch(r"[0-9.eE+-]+(/[0-9.eE+-]+)?", s):
-            raise ValueError(f"cannot parse eps {s!r}; use numbers or fractions like 2/255")
-        num, _, den = s.partition("/")
-        value = float(Fraction(num) / Fraction(den)) if den else float(s)
-        if value < 0:
-            raise ValueError(f"eps must be >= 0, got {s}")
-        out.append(value)
-    if not out:
-        raise ValueError("no eps given")
-    return out
-
-
-def eps_label(eps: float) -> str:
-    """``2/255`` when eps is a multiple of 1/510, else the decimal."""
-    k = eps * 255
-    return f"{k:g}/255" if abs(k * 2 - round(k * 2)) < 1e-6 else f"{eps:.4g}"
+WHITEBOX_ATTACKS: tuple[str, ...] = ("fgsm", "bim", "pgd", "mifgsm", "cw")
+"""The attacks of a white-box evaluation by default."""
 
 
 def select_direction(labels: torch.Tensor, direction: str, positive_class: int | None) -> torch.Tensor:
@@ -194,8 +168,8 @@ def worst_case(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class WhiteboxJob:
     """What to run: attack names x eps values, in one norm, with per-attack constructor kwargs."""
 
-    attacks: list[str]
-    eps: list[float]
+    attacks: Sequence[str]
+    eps: Sequence[float]
     norm: Norm = Norm.LINF
     batch_size: int = 128
     seed: int = 0

@@ -491,14 +491,15 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
 
 def _grid(res: dict[str, Any], path: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
     from medshield.campaign.jobs import _load_target, eval_images
-    from medshield.evaluation.whitebox import WhiteboxJob, parse_eps
+    from medshield.evaluation.whitebox import WhiteboxJob
     from medshield.report.whitebox import write_grid
     from medshield.types import Norm
 
     cfg = res["config"]["whitebox"]
     target, ds = _load_target(run, dataset, data_dir)
     x, y = eval_images(ds, res["config"]["split"], cfg["n_images"], seed)
-    job = WhiteboxJob(attacks=cfg["attacks"], eps=parse_eps(cfg["eps"]), norm=Norm.parse(cfg["norm"]), seed=seed)
+    eps = sorted({r["eps"] for r in res["whitebox"]})  # the records' numbers, not the config's text
+    job = WhiteboxJob(attacks=cfg["attacks"], eps=eps, norm=Norm.parse(cfg["norm"]), seed=seed)
     return write_grid(target.require_gradients(), ds, x, y, job, path, ref_name(run), per_class=cfg["grid_images"])
 
 
