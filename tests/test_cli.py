@@ -76,15 +76,15 @@ def test_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [
     ["serve", "--run", "nowhere", "--defense", "rnd", "--defense-param", "m=0.1"],
     ["serve", "--run", "nowhere", "--defense", "rnd:m=0.1"],
-    ["blackbox", "--run", "nowhere", "--out", "x", "--defense", "none,dnd:m"],
-    ["blackbox", "--run", "nowhere", "--out", "x", "--budgets", "100,0"],
-    ["attack", "--run", "nowhere", "--out", "x", "--eps", "2/255,300/255"],
-    ["transfer", "--source", "a,b", "--out", "x", "--eps", "two"],
+    ["blackbox", "--run", "nowhere", "--out", "OUT", "--defense", "none,dnd:m"],
+    ["blackbox", "--run", "nowhere", "--out", "OUT", "--budgets", "100,0"],
+    ["attack", "--run", "nowhere", "--out", "OUT", "--eps", "2/255,300/255"],
+    ["transfer", "--source", "a,b", "--out", "OUT", "--eps", "two"],
 ])
-def test_bad_specs_are_one_line_before_any_work(args: list[str]) -> None:
+def test_bad_specs_are_one_line_before_any_work(args: list[str], tmp_path: Path) -> None:
     """Defense specs, budgets and eps are parsed at the edge: a bad one is a one-line error (exit 2)."""
-    r = runner.invoke(app, args)
+    r = runner.invoke(app, [str(tmp_path / a) if a == "OUT" else a for a in args])
     err = _err(r).strip()
     assert r.exit_code == 2, err
     assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "nowhere" not in err  # refused before the run was looked at
+    assert "nowhere" not in err and not (tmp_path / "OUT").exists()  # refused before the run was looked at
