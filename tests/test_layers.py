@@ -22,6 +22,7 @@ ROOT = Path(medshield.__file__).parent
 KNOWN_UP: set[tuple[str, str]] = {
     ("medshield.api", "medshield.server.app"),
     ("medshield.api", "medshield.server.auth"),
+    ("medshield.api", "medshield.server.state"),
     ("medshield.campaign.audit", "medshield.api"),
     ("medshield.campaign.jobs", "medshield.api"),
     ("medshield.campaign.thesis", "medshield.api"),
