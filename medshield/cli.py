@@ -397,7 +397,7 @@ def serve(
     seed: Seed = 0,
 ) -> None:
     """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs)."""
-    from medshield import api
+    from medshield.server import service as api  # the server extra (fastapi, uvicorn): loaded only to serve
 
     spec = DefenseSpec.parse(":".join([defense, *(defense_param or [])]))
     api.serve(run, host=host, port=port, workers=workers, per_worker_limits=per_worker_limits, defense=spec,

@@ -109,6 +109,24 @@ def test_audit_writes_records_figures_and_verdicts(audited: tuple[Path, dict]) -
 
     validate_audit(json.loads(text))
     assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert "grid_examples" not in text and (out / "grid_examples.npz").is_file()
+
+
+def test_report_figures_come_from_stored_records_only(audited: tuple[Path, dict], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report never loads a model or re-runs an attack: the grid comes from the stored examples."""
+    from medshield.campaign import jobs
+    from medshield.evaluation import services
+    from medshield.evaluation.whitebox import GRID_EXAMPLES, load_grid_examples
+    from medshield.report.audit import make_figures
+
+    out, res = audited
+    for module, name in ((services, "load_target_and_data"), (jobs, "_load_target"), (jobs, "open_target")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the report loaded a model"))
+    examples = load_grid_examples(out / GRID_EXAMPLES)
+    assert set(examples) == {"run", "run2"}
+    figs = make_figures(res, tmp_path, ["somewhere/run", "elsewhere/run2"], examples)
+    assert figs["grid"].stat().st_size > 1000 and {"robust_vs_eps", "transfer", "strips"} <= set(figs)
 
 
 def test_rerun_reuses_every_job(audited: tuple[Path, dict], demo_run: Path, demo_run2: Path) -> None:

@@ -249,7 +249,7 @@ def test_build_server_app_from_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyP
     from fastapi.testclient import TestClient
 
     from conftest import tiny_model
-    from medshield import api
+    from medshield.server import service as api
     from medshield.defenses.inference import DefenseSpec
     from medshield.errors import MedShieldError
     from medshield.models import create_model, save_run
@@ -286,7 +286,7 @@ def test_stream_detector_flag_policy(tmp_path: Path, on_flag: str, status: int) 
 def test_served_defense_from_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastapi.testclient import TestClient
 
-    from medshield import api
+    from medshield.server import service as api
     from medshield.defenses.inference import DefenseSpec
     from medshield.errors import MedShieldError
     from medshield.models import create_model, save_run

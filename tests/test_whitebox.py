@@ -155,8 +155,16 @@ def test_cli_attack_and_transfer(tmp_path: Path, demo_run: Path) -> None:
     assert res.exit_code == 0, res.output
     recs = json.loads((out / "whitebox.json").read_text())
     assert len(recs) == 4 and {r["attack"] for r in recs} == {"fgsm", "pgd"}
-    for name in ("whitebox.md", "robust_vs_eps.png", "grid.png"):
+    for name in ("whitebox.md", "robust_vs_eps.png", "grid.png", "grid_examples.npz"):
         assert (out / name).is_file()
+    # the grid is drawn from the stored examples: originals, adversarials within eps, both predictions
+    from medshield.evaluation.whitebox import load_grid_examples
+
+    (ex,) = load_grid_examples(out / "grid_examples.npz").values()
+    assert ex["attack"] == "pgd" and ex["eps"] == pytest.approx(1 / 255)
+    assert ex["original"].shape == ex["adversarial"].shape and ex["original"].shape[0] == ex["labels"].shape[0] > 0
+    assert float((ex["adversarial"] - ex["original"]).abs().max()) <= 1 / 255 + 1e-6
+    assert torch.allclose(ex["clean_probs"].sum(1), torch.ones(ex["labels"].shape[0]), atol=1e-5)
     bad = CliRunner().invoke(app, ["attack", "--run", str(demo_run), "--attack", "pdg", "--out", str(out)])
     assert bad.exit_code == 2 and "did you mean 'pgd'" in bad.output
     bad = CliRunner().invoke(app, ["attack", "--run", str(demo_run), "--eps", "two", "--out", str(out)])

@@ -10,6 +10,10 @@ import yaml
 
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.campaign.runner import run_campaign
+from medshield.evaluation.services import train
+from medshield.evaluation.whitebox import GRID_EXAMPLES, load_grid_examples
+from medshield.models.train import TrainConfig
+from medshield.report.audit import make_figures, versions, write_report
 from medshield.targets import ref_name
 
 
@@ -21,15 +25,13 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     configuration) and ``timings.json``; returns the results. ``command`` is the command line that
     reproduces the audit (shown in the report's annex; by default a ``medshield audit`` line). A folder holding results of other inputs is refused
     (``overwrite=True`` recomputes those jobs)."""
-    from medshield.report.audit import make_figures, versions, write_report
-
     cfg = config if isinstance(config, CampaignConfig) else load_config(config, **overrides)
     if isinstance(config, CampaignConfig) and overrides:
         cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     out = Path(out)
     data = str(data_dir) if data_dir is not None else None
     res = run_campaign(cfg, runs, out, dataset, data, overwrite=overwrite)
-    figures = make_figures(res, out, runs, dataset, data, cfg.seed)
+    figures = make_figures(res, out, runs, load_grid_examples(out / GRID_EXAMPLES))
     names = ", ".join(ref_name(r) for r in runs)
     clean = res["clean"] or (res.get("multilabel") or {}).get("clean") or []
     dataset_name = clean[0]["dataset"] if clean else (dataset or "")
@@ -62,9 +64,6 @@ def demo(out: str | Path = "runs/demo", epochs: int = 5, seed: int = 0, workers:
          train_only: bool = False) -> dict[str, Any]:
     """Train two models on the built-in synthetic phantoms (``smallcnn`` with two seeds: each is the
     other's transfer target) and audit them; resumable (finished models and jobs are kept)."""
-    from medshield.api import train
-    from medshield.models.train import TrainConfig
-
     out = Path(out)
     runs = []
     for name, model_seed in (("smallcnn", seed), ("smallcnn_seed1", seed + 1)):

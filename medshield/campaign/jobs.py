@@ -9,15 +9,25 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from medshield.attacks import create_attack
+from medshield.attacks.decision import model_label_fn
 from medshield.defenses.inference import DefenseSpec
+from medshield.evaluation.blackbox import BlackboxConfig, run_job
+from medshield.evaluation.checks import is_randomised
+from medshield.evaluation.defended import defended_clean_metrics
+from medshield.evaluation.detection import DetectionConfig, run_detection
 from medshield.evaluation.multilabel import (
     FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
 )
+from medshield.evaluation.services import eval_images, evaluate_model, model_label, run_info, train_defended
+from medshield.evaluation.transfer import check_compatible, transfer_record
+from medshield.evaluation.whitebox import WhiteboxJob, grid_examples, run_batched, run_whitebox
+from medshield.models import predict
+from medshield.models.train import TrainConfig
+from medshield.report.whitebox import write_whitebox_report
 from medshield.targets import Target, open_target, ref_name
 from medshield.targets.data import load_target_data
-from medshield.types import to_jsonable
+from medshield.types import Norm, eps_label, to_jsonable
 
 TIMING_KEYS = frozenset({"seconds", "images_per_second", "source_seconds", "train_seconds"})
 
@@ -35,26 +45,13 @@ def _load(run: str, dataset: str | None, data_dir: str | None, device: str = "cp
     return target.model, ds
 
 
-def model_label(target: Target) -> str:
-    """A run's architecture name, else the card's format."""
-    return str(getattr(getattr(target.model, "config", None), "name", None) or target.format)
-
-
 def derived_seed(seed: int, *parts: Any) -> int:
     """A job's own seed from the campaign seed and the job's identity (stable across runs and machines)."""
     return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % (2**31)
 
 
-def eval_images(ds: Any, split: str, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from medshield.api import _eval_images
-
-    return _eval_images(ds, split, n, seed)
-
-
 def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, bootstrap: int, device: str = "cpu") -> dict[str, Any]:
     """Clean accuracy, sensitivity, specificity, AUC (bootstrap 95% CIs) of one model."""
-    from medshield.api import evaluate_model
-
     target, ds = _load_target(run, dataset, data_dir, device)
     metrics = evaluate_model(target.model, ds, split, seed=seed, n_bootstrap=bootstrap)
     return {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
@@ -63,13 +60,12 @@ def clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, s
 
 def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
                  eps: list[float], norm: str, n_images: int | None, batch_size: int, device: str = "cpu",
-                 attack_kwargs: dict[str, Any] | None = None, eot_samples: int = 16) -> list[dict[str, Any]]:
+                 attack_kwargs: dict[str, Any] | None = None, eot_samples: int = 16, grid_eps: float | None = None,
+                 grid_images: int = 2) -> list[dict[str, Any]]:
     """One attack at every eps on one model (records as ``medshield attack`` writes them);
     ``attack_kwargs`` are the attack's constructor options, ``eot_samples`` the EOT draws used if the
-    model turns out randomised."""
-    from medshield.evaluation.whitebox import WhiteboxJob, run_whitebox
-    from medshield.types import Norm
-
+    model turns out randomised. With ``grid_eps`` the record at that eps also carries ``grid_examples``
+    (``grid_images`` per class: the images the report's grid shows), so the report never re-runs an attack."""
     target, ds = _load_target(run, dataset, data_dir, device)
     model = target.require_gradients()
     x, y = eval_images(ds, split, n_images, seed)
@@ -78,19 +74,18 @@ def whitebox_job(run: str, dataset: str | None, data_dir: str | None, split: str
                       eot_samples=eot_samples)
     meta = {"run": ref_name(run), "model": model_label(target), "dataset": ds.name, "split": split,
             "channels": ds.channels}
-    return run_whitebox(model, x, y, job, positive_class=ds.positive_class, meta=meta)
+    records = run_whitebox(model, x, y, job, positive_class=ds.positive_class, meta=meta)
+    if grid_eps is not None:
+        rec = min(records, key=lambda r: abs(r["eps"] - grid_eps))
+        rec["grid_examples"] = grid_examples(model, x, y, attack, grid_eps, Norm.parse(norm), seed,
+                                             class_names=ds.class_names, per_class=grid_images)
+    return records
 
 
 def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir: str | None, split: str, seed: int,
                  attack: str, eps: float, norm: str, n_images: int | None, batch_size: int = 128,
                  device: str = "cpu") -> list[dict[str, Any]]:
     """Adversarials made on ``source``, evaluated on every target (one row of the transfer matrix)."""
-    from medshield.attacks import create_attack
-    from medshield.evaluation.transfer import check_compatible, transfer_record
-    from medshield.evaluation.whitebox import run_batched
-    from medshield.types import eps_label
-    from medshield.models import predict
-
     src_target, ds = _load_target(source, dataset, data_dir, device)
     src = src_target.require_gradients()
     models = {ref_name(t): _load(t, dataset, data_dir, device)[0] for t in targets}
@@ -109,10 +104,6 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     generator seeded by the job's identity, so a re-run gives the same answers. When the defended
     model is randomised (two passes on the same images differ), the attacker takes a majority vote over
     ``adaptive_k`` repeats of every query (all charged to the budget); the output says so."""
-    from medshield.attacks.decision import model_label_fn
-    from medshield.evaluation.blackbox import BlackboxConfig, run_job
-    from medshield.evaluation.checks import is_randomised
-
     model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
@@ -136,8 +127,6 @@ def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, spli
                        defense: DefenseSpec, device: str = "cpu") -> dict[str, Any]:
     """What an inference-time defense (a spec such as ``rnd:nu=0.04``) costs on the clean split:
     accuracy, AUC, flip rate."""
-    from medshield.evaluation.defended import defended_clean_metrics
-
     model, ds = _load(run, dataset, data_dir, device)
     rec = defended_clean_metrics(model, ds, defense, split=split, seed=derived_seed(seed, run, defense, "clean"))
     return {"run": ref_name(run), **rec, "defense": str(defense)}
@@ -149,17 +138,16 @@ def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, d
                          train_source: str = "online") -> list[dict[str, Any]]:
     """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training).
     ``train_source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained."""
-    from medshield.api import defend, run_info
-    from medshield.models.train import TrainConfig
-
     info = run_info(base_run)
     model_name = info["model"]["name"]
     resume = (Path(out) / "state").exists()
-    records = defend(dataset or info["data"]["dataset"], out, defense, model=model_name, data_dir=data_dir,
-                     train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
-                     source=train_source, source_run=base_run if train_source == "fixed" else None,
-                     train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
-                     eval_eps=[eval_eps], eval_n=eval_n, resume=resume, overwrite=not resume)
+    records, whitebox = train_defended(
+        dataset or info["data"]["dataset"], out, defense, model=model_name, data_dir=data_dir,
+        train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
+        source=train_source, source_run=base_run if train_source == "fixed" else None,
+        train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
+        eval_eps=[eval_eps], eval_n=eval_n, resume=resume, overwrite=not resume)
+    write_whitebox_report(whitebox, Path(out) / "eval")
     return [{"base_run": Path(base_run).name, **r} for r in records]
 
 
@@ -188,8 +176,6 @@ def detection_job(run: str, dataset: str | None, data_dir: str | None, split: st
                   budget: int, n_images: int, device: str = "cpu") -> dict[str, Any]:
     """Stateful stream detection on one model: when each attack's per-image query stream is flagged,
     and how many benign streams (the test split, plain / noisy / shifted) are flagged falsely."""
-    from medshield.evaluation.detection import DetectionConfig, run_detection
-
     model, ds = _load(run, dataset, data_dir, device)
     cfg = DetectionConfig(attacks=attacks, n_images=n_images, budget=budget, within=min(1000, budget), seed=seed)
     return {"run": ref_name(run), **run_detection(model, ds, cfg, split=split)}

@@ -15,12 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from medshield.attacks import ATTACKS, create_attack
+from medshield.attacks.decision import DECISION_ATTACKS, model_label_fn
 from medshield.campaign.config import CampaignConfig
 from medshield.campaign.identity import with_identity
-from medshield.campaign.jobs import _load_target, derived_seed, split_timings
+from medshield.campaign.jobs import _load, _load_target, derived_seed, split_timings
+from medshield.defenses.training import TRAINING_DEFENSES
 from medshield.errors import MedShieldError
+from medshield.evaluation.blackbox import BlackboxConfig, select_images, summarise
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
+from medshield.evaluation.whitebox import GRID_EXAMPLES, grid_choice, save_grid_examples, worst_case
 from medshield.models.checkpoint import write_json
 from medshield.report.schema import SCHEMA_VERSION
 from medshield.targets import GRADIENTS_UNAVAILABLE, load_card, ref_name
@@ -41,8 +46,6 @@ def is_run(ref: str) -> bool:
 
 def has_gradients(ref: str, base: dict[str, Any]) -> bool:
     """Whether white-box attacks can run on ``ref`` (loads it once per process)."""
-    from medshield.campaign.jobs import _load_target
-
     target, _ = _load_target(ref, base["dataset"], base["data_dir"], base.get("device", "cpu"))
     if not target.gradients:
         log.warning("%s: %s", target.name, GRADIENTS_UNAVAILABLE)
@@ -61,10 +64,6 @@ def covers(names: list[str] | None, run: str) -> bool:
 
 def validate(cfg: CampaignConfig) -> None:
     """Fail fast on unknown attack/defense names (with did-you-mean) before any work starts."""
-    from medshield.attacks import ATTACKS, create_attack
-    from medshield.attacks.decision import DECISION_ATTACKS
-    from medshield.defenses.training import TRAINING_DEFENSES
-
     for name in cfg.whitebox.attacks + [cfg.transfer.attack, cfg.defenses.train_attack,
                                         *cfg.defenses.train_attacks.values()] + cfg.defenses.eval_attacks:
         ATTACKS.get(name)
@@ -93,11 +92,13 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
             jobs.append(Job(f"clean|{_name(run)}", f"{JOBS}:clean_job", {"run": run, **base, "bootstrap": cfg.clean.bootstrap}))
         if cfg.whitebox.enabled and has_gradients(run, base):
             wb = cfg.whitebox
+            grid_attack, grid_eps = grid_choice(wb.attacks, wb.eps)
             for attack in wb.attacks:
+                grid = {"grid_eps": grid_eps, "grid_images": wb.grid_images} if attack == grid_attack else {}
                 jobs.append(Job(f"whitebox|{_name(run)}|{attack}", f"{JOBS}:whitebox_job",
                                 {"run": run, **base, "attack": attack, "eps": list(wb.eps), "norm": str(wb.norm),
                                  "n_images": wb.n_images, "batch_size": wb.batch_size,
-                                 **_attack_options(wb.attack_options.get(attack), wb.eot_samples)}))
+                                 **_attack_options(wb.attack_options.get(attack), wb.eot_samples), **grid}))
     jobs += _transfer_jobs(cfg, runs, base)
     if cfg.blackbox.enabled or cfg.detection.enabled:
         for run in runs:
@@ -155,10 +156,6 @@ def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -
 
 def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int) -> list[int]:
     """``n`` correctly classified test images, the same for every attack and defense of a model."""
-    from medshield.attacks.decision import model_label_fn
-    from medshield.campaign.jobs import _load
-    from medshield.evaluation.blackbox import select_images
-
     model, ds = _load(run, base["dataset"], base["data_dir"], base.get("device", "cpu"))
     return select_images(model_label_fn(model), ds.split(cfg.split), n, cfg.seed).tolist()
 
@@ -221,22 +218,23 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
     store = RecordStore(out / "jobs.json", overwrite=overwrite)
     outputs = run_jobs(jobs, store, executor=cfg.executor, workers=cfg.workers, address=cfg.address,
                        description="audit", threads=cfg.threads_per_job)
-    results, timings = assemble(cfg, jobs, outputs)
+    results, timings, examples = assemble(cfg, jobs, outputs)
     write_json(out / "audit.json", results)
+    save_grid_examples(out / GRID_EXAMPLES, examples)
     write_json(out / "timings.json", timings)
     return results
 
 
-def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Group job outputs into result sections; wall-clock fields are split off into timings."""
-    from medshield.evaluation.blackbox import BlackboxConfig, summarise
-    from medshield.evaluation.whitebox import worst_case
-
+def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                             dict[str, dict[str, Any]]]:
+    """Group job outputs into result sections; wall-clock fields are split off into timings and the grid's
+    example images (per run) into the third value (stored beside ``audit.json`` as ``grid_examples.npz``)."""
     res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
                            "defenses": [], "strips": {}}
     multilabel: dict[str, list[Any]] = {"mlclean": [], "mlwhitebox": [], "mlblackbox": []}
     timings: dict[str, Any] = {}
+    examples: dict[str, dict[str, Any]] = {}
     shards: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for job, out in zip(jobs, outputs):
         kind = job.key.split("|")[0]
@@ -247,6 +245,9 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
         elif kind == "defense":
             res["defenses"] += kept
         elif kind in ("whitebox", "transfer"):
+            for rec in kept:
+                if "grid_examples" in rec:
+                    examples[rec["run"]] = rec.pop("grid_examples")
             res[kind] += kept
         elif kind in multilabel:
             multilabel[kind] += kept if isinstance(kept, list) else [kept]
@@ -271,4 +272,4 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
                                                       "image_shape": parts[0]["image_shape"],
                                                       "original": parts[0]["first_image"],
                                                       "adversarial": parts[0]["first_adversarial"]}
-    return res, timings
+    return res, timings, examples

@@ -25,12 +25,15 @@ from typing import Any
 
 import yaml
 
+from medshield.campaign.audit import audit
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.errors import MedShieldError
-from medshield.models.checkpoint import write_json
+from medshield.evaluation.services import train
+from medshield.models.checkpoint import resolve_device, write_json
+from medshield.models.train import TrainConfig
+from medshield.report.thesis import CHAPTERS, write_thesis_report  # noqa: F401  (CHAPTERS re-exported)
+from medshield.types import eps_label
 
-CHAPTERS = {3: "Attacks on diagnosis models (white-box)", 4: "Training-time defenses (AT, ANT)",
-            5: "Decision-based black-box attacks", 6: "Black-box defenses (RND, DND)"}
 THESIS_DATASETS = {"chest": "chest X-ray (Kermany, 224x224)", "breast": "breast cancer images",
                    "ct": "COVID-CT (Yang et al. 2020, 224x224)"}
 # The thesis's attack names -> ours: its "FGSM" columns come from its Algorithm 1 (iterative FGSM).
@@ -259,16 +262,11 @@ def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
 
 
 def _device(preset: ThesisPreset) -> str:
-    from medshield.models.checkpoint import resolve_device
-
     return str(resolve_device(preset.device))
 
 
 def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: Path, seed: int) -> dict[str, str]:
     """Train (or reuse, or resume) each role's model into ``OUT/models/<run name>``; role -> run folder."""
-    from medshield.api import train
-    from medshield.models.train import TrainConfig
-
     runs = {}
     for k, (role, arch) in enumerate(plan.models.items()):
         run = out / "models" / plan.run_name(role)
@@ -363,8 +361,6 @@ def figure_record(fig: ThesisFigure, plan: DatasetPlan | None, runs: dict[str, s
     if fig.attack in OUR_ATTACK:
         note += f", {OUR_ATTACK[fig.attack]} (the thesis's Algorithm 1)"
     if "eps" in extra:
-        from medshield.types import eps_label
-
         note += f", eps {eps_label(eps)}"
     if extra.get("our_budget") not in (None, fig.budget):
         note += f", at {extra['our_budget']:,} queries (largest run)"
@@ -405,9 +401,6 @@ def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick
     """Train, run the campaign per present dataset, and write ``OUT/thesis.json``, ``thesis.md`` and
     ``thesis.html`` (the thesis's figures beside ours, one table per chapter). Resumable: trained models
     and finished campaign jobs are kept."""
-    from medshield.campaign.audit import audit
-    from medshield.report.thesis import write_thesis_report
-
     start = time.perf_counter()
     spec = get_preset(preset)
     data_dir, out = Path(data_dir), Path(out)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from medshield.attacks import create_attack
 from medshield.registry import Registry
 from medshield.types import EPS, Norm
 
@@ -117,8 +118,6 @@ def build_training_hook(defense: str, attack_name: str | None = None, eps: float
     TRAINING_DEFENSES.get(name)  # unknown names fail with a suggestion
     if name == "noise":
         return NoiseHook(mean=mean, sigma=sigma)
-    from medshield.attacks import create_attack
-
     if not attack_name:
         raise ValueError(f"defense {name!r} needs a training attack (--train-attack)")
     attack = create_attack(attack_name, norm=norm, steps=steps)

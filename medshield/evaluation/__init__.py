@@ -1,5 +1,5 @@
 """Evaluation: metrics, runners that produce JSON records, sanity checks."""
 
-from medshield.evaluation.metrics import classification_metrics, point_metrics
+from medshield.models.metrics import classification_metrics, point_metrics
 
 __all__ = ["classification_metrics", "point_metrics"]

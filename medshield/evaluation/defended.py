@@ -14,7 +14,7 @@ from torch import nn
 
 from medshield.data import Dataset
 from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
-from medshield.evaluation.metrics import point_metrics
+from medshield.models.metrics import point_metrics
 from medshield.models.bounded import predict, predict_labels, probabilities
 
 

@@ -34,7 +34,7 @@ from medshield.attacks.decision.oracle import LabelOracle
 from medshield.attacks.multilabel import (
     FindingAttack, code_starts, codes, decision_code_fn, decision_fn, finding_label_fn, wanted_decisions,
 )
-from medshield.evaluation.metrics import multilabel_metrics
+from medshield.models.metrics import multilabel_metrics
 from medshield.models import predict
 from medshield.types import Norm
 
@@ -61,7 +61,7 @@ class FindingAttackConfig:
 def clean_finding_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, names: list[str],
                           thresholds: Sequence[float] | float = 0.5, n_bootstrap: int = 1000,
                           seed: int = 0) -> dict[str, Any]:
-    """:func:`~medshield.evaluation.metrics.multilabel_metrics` of a logits model on ``images``."""
+    """:func:`~medshield.models.metrics.multilabel_metrics` of a logits model on ``images``."""
     probs = torch.sigmoid(predict(model, images))
     return multilabel_metrics(labels, probs, names, list(thresholds) if not isinstance(thresholds, (int, float))
                               else float(thresholds), n_bootstrap, seed)

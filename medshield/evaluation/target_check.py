@@ -16,7 +16,7 @@ from torch import nn
 
 from medshield.data import Dataset
 from medshield.evaluation.checks import check_softmax_output, check_zero_gradients
-from medshield.evaluation.metrics import classification_metrics, multilabel_metrics as finding_metrics
+from medshield.models.metrics import classification_metrics, multilabel_metrics as finding_metrics
 from medshield.models import predict, probabilities
 from medshield.models.bounded import eval_mode
 from medshield.targets import Target

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from medshield.attacks import Attack
-from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.identity import job_identity
+from medshield.models.metrics import classification_metrics
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.whitebox import run_batched
 from medshield.models import predict, predict_labels, probabilities

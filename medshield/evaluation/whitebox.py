@@ -7,17 +7,20 @@ perturbation sizes, time and queries, a clinical per-direction breakdown and san
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from medshield.attacks import Attack, ExpectationModel, MinimizationAttack, create_attack
 from medshield.evaluation.checks import check_result, merge_checks, model_checks
-from medshield.evaluation.metrics import classification_metrics
 from medshield.evaluation.identity import job_identity
+from medshield.models.metrics import classification_metrics
 from medshield.evaluation.store import RecordStore
 from medshield.models import eval_mode, predict, predict_labels, probabilities
 from medshield.progress import progress_bar
@@ -234,3 +237,69 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
                 records.append(rec)
                 advance(x.shape[0], info=f"{name} eps={eps_label(eps)} robust={rec['robust_accuracy']:.3f}")
     return records
+
+
+# ---- example images for the report's grid (stored, so a report never re-runs an attack) ----
+
+GRID_ATTACKS = ("pgd", "mifgsm", "bim", "fgsm")
+GRID_EPS = 2 / 255
+GRID_EXAMPLES = "grid_examples.npz"
+"""The file (next to the records) that holds the grid's example images, one set per model."""
+EXAMPLE_ARRAYS = ("original", "adversarial", "clean_probs", "adv_probs", "labels")
+
+
+def grid_choice(attacks: Sequence[str], eps: Sequence[float]) -> tuple[str, float]:
+    """The grid's attack and eps: the strongest listed gradient attack at the eps closest to 2/255."""
+    name = next((a for a in GRID_ATTACKS if a in attacks), attacks[0])
+    return name, min(eps, key=lambda e: abs(e - GRID_EPS))
+
+
+def grid_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, eps: float, norm: Norm, seed: int,
+                  class_names: Sequence[str] | None = None, per_class: int = 2, pool: int = 16) -> dict[str, Any] | None:
+    """``per_class`` images per class for the report's grid under attack ``name`` at ``eps``, among the
+    images the model classifies correctly before the attack (an image it already gets wrong is no
+    adversarial example), successful adversarials first (picked from the first ``pool`` of each class):
+    originals, adversarials, labels and both predictions, plus what made them (attack, eps, norm, class
+    names). None when the model gets none of the images right."""
+    correct = predict_labels(predict(model, x)) == y
+    idx = torch.cat([((y == c) & correct).nonzero().squeeze(1)[:pool] for c in y.unique()])
+    if idx.numel() == 0:
+        return None
+    device = next(model.parameters()).device
+    res = create_attack(name, norm=norm).attack(model, x[idx].to(device), y[idx].to(device), eps=eps,
+                                               generator=torch.Generator(device=device).manual_seed(seed))
+    order = torch.argsort((~res.success.cpu()).int(), stable=True)  # successes first
+    pick = torch.cat([order[y[idx][order] == c][:per_class] for c in y[idx].unique()])
+    xs, adv = x[idx][pick], res.adversarial.cpu()[pick]
+    return {"attack": name, "eps": eps, "norm": str(norm), "class_names": list(class_names or []),
+            "original": xs, "adversarial": adv, "labels": y[idx][pick],
+            "clean_probs": probabilities(predict(model, xs)), "adv_probs": probabilities(predict(model, adv))}
+
+
+def save_grid_examples(path: str | Path, examples: Mapping[str, Mapping[str, Any] | None]) -> Path:
+    """Write ``{run: examples}`` to one compressed ``.npz`` (arrays as float32/int64, the rest as JSON)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta = {}
+    for run, ex in examples.items():
+        if not ex:
+            continue
+        for key in EXAMPLE_ARRAYS:  # records stored as JSON turn a one-image label vector into a number
+            value = torch.as_tensor(ex[key]).cpu()
+            arrays[f"{run}/{key}"] = (value.reshape(-1) if key == "labels" else value).numpy()
+        meta[run] = {k: v for k, v in ex.items() if k not in EXAMPLE_ARRAYS}
+    arrays["meta"] = np.array(json.dumps(meta))
+    path = Path(path)
+    with path.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_grid_examples(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The examples :func:`save_grid_examples` wrote (tensors again); ``{}`` when there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        return {run: {**info, **{k: torch.from_numpy(data[f"{run}/{k}"]) for k in EXAMPLE_ARRAYS}}
+                for run, info in meta.items()}

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from medshield.errors import CheckpointError, MedShieldError
 from medshield.models.bounded import BoundedModel
-from medshield.models.factory import ModelConfig, create_model
+from medshield.models.factory import ModelConfig, create_model, replace_head
+from medshield.types import to_jsonable
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
@@ -27,8 +28,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from medshield.types import to_jsonable
-
     atomic_write_text(Path(path), json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
@@ -118,8 +117,6 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
         was_pretrained = config["model"].get("pretrained")
         model = create_model(cfg)
         if was_pretrained:
-            from medshield.models.factory import replace_head
-
             replace_head(cfg.name, model.net, cfg.num_classes, cfg.dropout)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong types in a hand-edited config.json
         reason = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else type(exc).__name__

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from medshield.data.base import Dataset, ImageSet
-from medshield.evaluation.metrics import point_metrics
+from medshield.models.metrics import point_metrics
 from medshield.models.augment import AffineAugment
 from medshield.models.bounded import BoundedModel, class_logits, predict
 from medshield.models.checkpoint import MODEL_FILE, load_tensors, resolve_device, save_tensors, write_json

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medshield.evaluation.transfer import accuracy_matrix
+from medshield.report.defense import defense_bars
 from medshield.report.document import (Badge, Bullets, Figure, Link, Paragraph, Section, Table, Verdict, render_html,
                                        render_markdown)
 from medshield.report.blackbox_plots import plot_strips
@@ -22,6 +24,7 @@ from medshield.report.panels import l2_vs_queries_panels, robust_vs_eps_panels
 from medshield.report.pdf import write_pdf
 from medshield.report.plots import heatmap
 from medshield.report.severity import (LEVELS, RANK, THREATS, WORD, Finding, findings, overall)
+from medshield.report.whitebox import draw_grid
 from medshield.targets import ref_name
 
 
@@ -456,20 +459,19 @@ def strip_summary(res: dict[str, Any], run: str) -> dict[str, Any] | None:
             "records": [r for r in res["blackbox"] if r["run"] == run]}
 
 
-def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: str | None, data_dir: str | None,
-                 seed: int) -> dict[str, Path]:
-    """The report's PNGs from the records (and, for the image grids, the models)."""
-    from medshield.evaluation.transfer import accuracy_matrix
-
+def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str],
+                 examples: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Path]:
+    """The report's PNGs, all from the records and the stored grid ``examples`` (per run; see
+    :func:`medshield.evaluation.whitebox.grid_examples`): no model is loaded, no attack re-run."""
     figs: dict[str, Path] = {}
     wb = res["whitebox"]
     if wb:
         figs["robust_vs_eps"] = robust_vs_eps_panels(wb, out / "robust_vs_eps.png")
         for i, run in enumerate(runs):
             name = ref_name(run)
-            if any(r["run"] == name for r in wb):
+            if any(r["run"] == name for r in wb) and examples and examples.get(name):
                 path = out / ("grid.png" if i == 0 else f"grid_{name}.png")
-                figs[f"grid|{name}"] = _grid(res, path, run, dataset, data_dir, seed)
+                figs[f"grid|{name}"] = draw_grid(examples[name], path, name)
         if f"grid|{ref_name(runs[0])}" in figs:
             figs["grid"] = figs[f"grid|{ref_name(runs[0])}"]
     if res["transfer"]:
@@ -482,25 +484,9 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str], dataset: s
         if summary:
             figs["strips"] = plot_strips(summary, out / "strips.png")
     if res["defenses"]:
-        from medshield.report.defense import defense_bars
-
         recs = [{**r, "label": f"{r['base_run']} {r['defense']}"} for r in res["defenses"]]
         figs["defense_bars"] = defense_bars(recs, out / "defense_bars.png")
     return figs
-
-
-def _grid(res: dict[str, Any], path: Path, run: str, dataset: str | None, data_dir: str | None, seed: int) -> Path:
-    from medshield.campaign.jobs import _load_target, eval_images
-    from medshield.evaluation.whitebox import WhiteboxJob
-    from medshield.report.whitebox import write_grid
-    from medshield.types import Norm
-
-    cfg = res["config"]["whitebox"]
-    target, ds = _load_target(run, dataset, data_dir)
-    x, y = eval_images(ds, res["config"]["split"], cfg["n_images"], seed)
-    eps = sorted({r["eps"] for r in res["whitebox"]})  # the records' numbers, not the config's text
-    job = WhiteboxJob(attacks=cfg["attacks"], eps=eps, norm=Norm.parse(cfg["norm"]), seed=seed)
-    return write_grid(target.require_gradients(), ds, x, y, job, path, ref_name(run), per_class=cfg["grid_images"])
 
 
 def versions() -> dict[str, str]:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medshield.report.document import Badge, Bullets, Figure, Link, Paragraph, Table, Verdict, fmt
+
 log = logging.getLogger(__name__)
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -80,8 +82,6 @@ def write_pdf(html: str | Path, pdf: str | Path, sections: Sequence[Any] = (), t
 
 def _lines(sections: Sequence[Any]) -> list[tuple[str, Any]]:
     """The report as (kind, content) items: text lines and figure paths."""
-    from medshield.report.document import Badge, Bullets, Figure, Link, Paragraph, Table, Verdict, fmt
-
     def cell(v: Any) -> str:
         return v.text if isinstance(v, Link) else v.word if isinstance(v, Badge) else fmt(v)
 

@@ -13,6 +13,8 @@ L2_NOTE = ("The thesis's L2 distances are measured on 224x224x3 images in its ow
            "we attack, in [0, 1] (28x28x1 in the quick preset: 1/192 as many values). Absolute L2 values are "
            "therefore not comparable. The ratio rows (one attack's or defense's distance over another's, on the "
            "same images) cancel the pixel scale but still depend on the input dimension, so they compare roughly.")
+CHAPTERS = {3: "Attacks on diagnosis models (white-box)", 4: "Training-time defenses (AT, ANT)",
+            5: "Decision-based black-box attacks", 6: "Black-box defenses (RND, DND)"}
 INTRO = {
     3: "Clean accuracy of the two architectures (Table 3-3) and their robust accuracy under white-box attacks "
        "(Table 3-4). The thesis's FGSM is its Algorithm 1 (iterative FGSM stopping at the first flip): ours is "
@@ -85,8 +87,6 @@ def datasets_section(result: dict[str, Any], out: Path) -> Section:
 
 
 def sections(result: dict[str, Any], out: Path) -> list[Section]:
-    from medshield.campaign.thesis import CHAPTERS
-
     secs = [datasets_section(result, out)]
     for chapter, title in CHAPTERS.items():
         recs = [r for r in result["records"] if r["chapter"] == chapter]

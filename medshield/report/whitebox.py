@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-from medshield.attacks import create_attack
 from medshield.evaluation.whitebox import worst_case
-from medshield.models import predict, predict_labels, probabilities
 from medshield.report.grids import adversarial_grid
 from medshield.report.plots import line_plot
 from medshield.report.tables import markdown_table, percent, pivot_table
@@ -51,36 +49,27 @@ def whitebox_markdown(records: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def write_whitebox_report(records: list[dict[str, Any]], out: Path, loaded: Mapping[str, tuple], job: Any) -> None:
-    """``whitebox.md``, ``robust_vs_eps.png`` and (when models are given) ``grid.png`` in ``out``."""
+def write_whitebox_report(records: list[dict[str, Any]], out: Path,
+                          examples: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """``whitebox.md``, ``robust_vs_eps.png`` and (when stored grid examples are given) ``grid.png`` of
+    the first run in ``out``; all from records and stored images."""
     (out / "whitebox.md").write_text(whitebox_markdown(records))
     multi = len({r["run"] for r in records}) > 1
     line_plot(records, "eps", "robust_accuracy", ["run", "attack"] if multi else "attack", out / "robust_vs_eps.png",
               xlabel="eps (x/255)", ylabel="robust accuracy", x_scale=255, baseline="clean_accuracy",
               title="Robust accuracy vs perturbation budget")
-    if loaded:
-        run, (model, ds, x, y) = next(iter(loaded.items()))
-        write_grid(model, ds, x, y, job, out / "grid.png", run)
+    if examples:
+        run, ex = next(iter(examples.items()))
+        draw_grid(ex, out / "grid.png", run)
 
 
-def write_grid(model, ds, x: torch.Tensor, y: torch.Tensor, job: Any, path: Path, run: str, per_class: int = 2,
-               pool: int = 16) -> Path:
-    """Grid for the strongest listed gradient attack at the budget closest to 2/255: ``per_class`` images per
-    class among those the model classifies correctly before the attack (an image it already gets wrong
-    is no adversarial example), successful ones first (picked from the first ``pool`` of each class)."""
-    name = next((a for a in ("pgd", "mifgsm", "bim", "fgsm") if a in job.attacks), job.attacks[0])
-    eps = min(job.eps, key=lambda e: abs(e - 2 / 255))
-    correct = predict_labels(predict(model, x)) == y
-    idx = torch.cat([((y == c) & correct).nonzero().squeeze(1)[:pool] for c in y.unique()])
-    if idx.numel() == 0:
-        raise ValueError(f"{run} classifies none of the {len(y)} images correctly: no adversarial grid to show")
-    device = next(model.parameters()).device
-    res = create_attack(name, norm=job.norm).attack(model, x[idx].to(device), y[idx].to(device), eps=eps,
-                                                   generator=torch.Generator(device=device).manual_seed(job.seed))
-    order = torch.argsort((~res.success.cpu()).int(), stable=True)  # successes first
-    pick = torch.cat([order[y[idx][order] == c][:per_class] for c in y[idx].unique()])
-    xs, ys, adv = x[idx][pick], y[idx][pick], res.adversarial.cpu()[pick]
-    return adversarial_grid(xs, adv, probabilities(predict(model, xs)), probabilities(predict(model, adv)), path,
-                            class_names=ds.class_names, true_labels=ys,
-                            title=f"{run}: {name.upper()} at {255 * eps:g}/255 per pixel\n"
+def draw_grid(examples: Mapping[str, Any], path: Path, run: str) -> Path:
+    """The adversarial grid from stored examples (see :func:`medshield.evaluation.whitebox.grid_examples`:
+    images the model classified correctly before the attack, successful adversarials first)."""
+    def t(key: str) -> torch.Tensor:
+        return torch.as_tensor(examples[key])
+
+    return adversarial_grid(t("original"), t("adversarial"), t("clean_probs"), t("adv_probs"), path,
+                            class_names=examples.get("class_names") or None, true_labels=t("labels"),
+                            title=f"{run}: {str(examples['attack']).upper()} at {255 * examples['eps']:g}/255 per pixel\n"
                                   f"only images the model classified correctly before the attack")
