@@ -205,8 +205,8 @@ def test_compare_demo_model_with_its_adversarially_trained_copy(tmp_path: Path, 
     from medshield.models.train import TrainConfig
 
     hardened_run = tmp_path / "run_at"
-    defend("demo", hardened_run, "at", init_from=demo_run, train_eps="4/255", train_steps=3,
-           train_config=TrainConfig(epochs=2, batch_size=64, seed=0), eval_attacks="fgsm", eval_n=50)
+    defend("demo", hardened_run, "at", init_from=demo_run, train_eps=4 / 255, train_steps=3,
+           train_config=TrainConfig(epochs=2, batch_size=64, seed=0), eval_attacks=["fgsm"], eval_n=50)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"clean": {"bootstrap": 50}, "transfer": {"enabled": False},
                                    "detection": {"enabled": False},

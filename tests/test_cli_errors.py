@@ -74,7 +74,7 @@ def closed_port() -> int:
     (["--max-request-mb", "-1"], "--max-request-mb"),
     (["--max-batch", "0", "--max-request-mb", "-1"], "must be"),
     (["--defense", "dnd", "--defense-param", "zzz=1"], "zzz"),
-    (["--defense-param", "nu=abc"], "NAME=NUMBER"),
+    (["--defense-param", "nu=abc"], "KEY=NUMBER"),
     (["--budget", "-3"], "budget"),
     (["--rate", "0"], "rate"),
     (["--trusted-proxies", "not-an-ip"], "not-an-ip"),

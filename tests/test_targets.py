@@ -157,7 +157,7 @@ def test_pgd_identical_python_torchscript_onnx(exported: dict, tmp_path: Path) -
     robust = {}
     for name in ("python", "torchscript", "onnx"):
         recs = api.attack(str(exported["cards"][name]), tmp_path / name, dataset="pneumoniamnist",
-                          data_dir=exported["data"], attacks="pgd", eps="8/255", n=100, grid=False,
+                          data_dir=exported["data"], attacks=["pgd"], eps=[8 / 255], n=100, grid=False,
                           attack_kwargs={"pgd": {"steps": 10}})
         robust[name] = recs[0]["robust_accuracy"]
     assert robust["python"] == robust["torchscript"], robust
@@ -202,7 +202,7 @@ def test_onnx_without_conversion_runs_label_only(exported: dict, tmp_path: Path)
     assert r.exit_code == 2 and GRADIENTS_UNAVAILABLE in _err(r) and len(_err(r).strip().splitlines()) == 1
     # transfer: the ONNX target is attacked with adversarials made on the TorchScript model
     recs = api.transfer([str(exported["cards"]["torchscript"]), str(card)], tmp_path / "t", dataset="pneumoniamnist",
-                        data_dir=exported["data"], eps="8/255", n=64)
+                        data_dir=exported["data"], eps=8 / 255, n=64)
     assert {(r["source"], r["target"]) for r in recs} == {("torchscript", "torchscript"), ("torchscript", "onnx_noconv")}
     pair = {r["target"]: r["robust_accuracy"] for r in recs}
     assert pair["torchscript"] == pytest.approx(pair["onnx_noconv"], abs=1 / 64)

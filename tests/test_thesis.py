@@ -56,7 +56,7 @@ def test_presets_run_the_thesis_way() -> None:
         assert cfg.defenses.source == "fixed"
         for plan in preset.datasets:
             ds = dataset_config(cfg, plan)
-            assert "fgsm_iter" in ds.whitebox.attacks and "fgsm_iter" in ds.defenses.eval_attacks.split(",")
+            assert "fgsm_iter" in ds.whitebox.attacks and "fgsm_iter" in ds.defenses.eval_attacks
     ct = next(p for p in get_preset("full").datasets if p.role == "ct")
     assert dataset_config(preset_config(get_preset("full")), ct).defenses.train_attacks == {"at": "mifgsm",
                                                                                           "ant": "fgsm_iter"}
