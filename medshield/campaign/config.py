@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError,
-                      model_validator)
+                      field_validator, model_validator)
 
 from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError
