@@ -88,3 +88,61 @@ def test_bad_specs_are_one_line_before_any_work(args: list[str], tmp_path: Path)
     assert r.exit_code == 2, err
     assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "nowhere" not in err and not (tmp_path / "OUT").exists()  # refused before the run was looked at
+
+
+def test_commands_grouped_and_one_option_vocabulary() -> None:
+    """Commands sit in help panels by group; option names are shared across commands; old names still
+    parse but are hidden from help."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    panels = {name: getattr(cmd, "rich_help_panel", None) for name, cmd in root.commands.items()}
+    assert panels["train"] == panels["evaluate"] == panels["datasets"] == "Data and models"
+    assert panels["attack"] == panels["transfer"] == "White-box attacks"
+    assert panels["blackbox"] == "Black-box attacks"
+    assert panels["defend"] == panels["detect"] == panels["defense-tradeoff"] == panels["defense-report"] == "Defenses"
+    assert panels["serve"] == "Serving"
+    assert panels["audit"] == panels["compare"] == panels["demo"] == panels["reproduce"] == "Audit and reproduce"
+    assert panels["target"] == "Target cards" and set(root.commands["target"].commands) >= {"check", "findings", "formats"}
+
+    def options(cmd, hidden: bool) -> set[str]:  # noqa: ANN001
+        return {o for p in cmd.params if bool(getattr(p, "hidden", False)) == hidden for o in p.opts}
+
+    commands = {name: cmd for name, cmd in root.commands.items() if name not in ("reproduce", "target")}
+    commands |= {f"target {name}": cmd for name, cmd in root.commands["target"].commands.items()}
+    visible = {name: options(cmd, False) for name, cmd in commands.items()}
+    for name, opts in visible.items():
+        assert not opts & {"--eval-n", "--runs", "--source-runs"}, name
+        if name != "defense-tradeoff":  # its --n is DND's score-noise level n (Byun et al.), not a count
+            assert "--n" not in opts, name
+    assert {"--attacks", "--n-images", "--eps", "--run", "--target"} <= visible["attack"]
+    assert {"--attacks", "--n-images", "--budgets", "--defenses", "--run", "--target", "--surrogate"} <= visible["blackbox"]
+    assert {"--training-defense", "--n-images", "--eval-attacks", "--source"} <= visible["defend"]
+    assert {"--run", "--target", "--n-images"} <= visible["transfer"] and "--source" not in visible["transfer"]
+    assert {"--attacks", "--budget", "--n-images", "--target"} <= visible["detect"]
+    assert {"--defense", "--key-budget"} <= visible["serve"]  # one spec such as rnd:nu=0.04
+    assert {"--fail-on", "--target", "--run"} <= visible["audit"] and "--fail-on" in visible["compare"]
+    assert "--n-images" in visible["target check"] and {"--budgets", "--eps", "--n-images"} <= visible["target findings"]
+    hidden = {name: options(cmd, True) for name, cmd in commands.items()}
+    assert {"--attack", "--n"} <= hidden["attack"] and {"--defense", "--attack"} <= hidden["blackbox"]
+    assert {"--defense", "--eval-n"} <= hidden["defend"] and {"--source", "--n"} <= hidden["transfer"]
+    assert "--budget" in hidden["serve"] and "--runs" in hidden["defense-report"] and "--n" in hidden["target check"]
+
+
+def test_old_option_names_still_work(tmp_path: Path) -> None:
+    """A hidden old name gives what its new name gives: here both refuse the same bad value the same way."""
+    for old, new in ((["--attack", "pdg"], ["--attacks", "pdg"]), (["--n", "0"], ["--n-images", "0"])):
+        errs = [_err(runner.invoke(app, ["attack", "--run", "nowhere", "--out", str(tmp_path / "o"), *args])).strip()
+                for args in (old, new)]
+        assert errs[0] == errs[1] and errs[0].startswith("error:")
+    r = runner.invoke(app, ["defense-report", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--run" in _err(r)
+
+
+def test_console_entry_point() -> None:
+    import tomllib
+
+    from medshield import cli
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["medshield"] == "medshield.cli:main" and callable(cli.main)

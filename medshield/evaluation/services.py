@@ -171,7 +171,7 @@ def eval_images(ds: Dataset, split: str, n: int | None, seed: int) -> tuple[torc
     if n is None or n >= len(part):
         return part.images(), part.labels
     if n < 1:
-        raise MedShieldError(f"--n must be >= 1, got {n}")
+        raise MedShieldError(f"--n-images must be >= 1, got {n}")
     idx = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return part.get(idx)
 

@@ -1,0 +1,5 @@
+"""``python -m medshield.cli``."""
+
+from medshield.cli import main
+
+main()
