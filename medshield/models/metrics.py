@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
 
 METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 
@@ -20,6 +18,8 @@ def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # scipy and scikit-learn take a second to import: only when scoring
+
     ranks = rankdata(scores)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -44,6 +44,8 @@ def point_metrics(labels: np.ndarray, probs: np.ndarray, positive_class: int | N
         spec.append(_ratio((~pred_c & ~is_c).sum(), (~is_c).sum()))
     out["sensitivity"], out["specificity"] = float(np.nanmean(sens)), float(np.nanmean(spec))
     present = np.unique(labels)
+    from sklearn.metrics import roc_auc_score
+
     try:
         out["auc"] = float(roc_auc_score(labels, probs[:, present] / probs[:, present].sum(1, keepdims=True),
                                          multi_class="ovr", labels=present)) if present.size > 1 else float("nan")

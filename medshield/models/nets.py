@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from monai.networks import nets
 
 SMALL_INPUT = 64  # below this, ResNet/DenseNet use a 3x3 stride-1 stem without max-pool (as MedMNIST)
 
@@ -49,6 +48,8 @@ class SmallCNN(nn.Module):
 
 def build_resnet(depth: int, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """MONAI ResNet-18/50, 2D; a small-input stem below 64 px."""
+    from monai.networks import nets  # MONAI takes seconds to import: only when a MONAI net is built
+
     small = image_size < SMALL_INPUT
     builder = {18: nets.resnet18, 34: nets.resnet34, 50: nets.resnet50}[depth]
     return builder(
@@ -59,6 +60,8 @@ def build_resnet(depth: int, in_channels: int, num_classes: int, image_size: int
 
 def build_densenet121(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """MONAI DenseNet-121, 2D; a 3x3 stride-1 stem without pooling below 64 px."""
+    from monai.networks import nets
+
     net = nets.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=num_classes)
     if image_size < SMALL_INPUT:
         net.features.conv0 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -217,6 +216,8 @@ def load_monai_bundle(card: TargetCard, device: torch.device) -> LoadedNet:
     if config_file is None or not (configs / "metadata.json").is_file():
         raise CardError(f"{card.where()}: model.path: {root} is not a MONAI bundle (needs configs/metadata.json and "
                         "configs/inference.json)")
+    from monai.bundle import ConfigParser  # MONAI takes seconds to import: only for bundles
+
     parser = ConfigParser()
     try:
         parser.read_meta(str(configs / "metadata.json"))
