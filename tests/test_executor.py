@@ -41,3 +41,16 @@ def test_ray_matches_inline(tmp_path: Path) -> None:
     inline = run_jobs(JOBS, RecordStore(tmp_path / "a.json"))
     on_ray = run_jobs(JOBS, RecordStore(tmp_path / "r.json"), executor="ray", workers=2)
     assert inline == on_ray
+
+
+def test_ray_resources_per_job() -> None:
+    from medshield.campaign.config import load_config
+    from medshield.evaluation.executor import ray_options
+
+    assert ray_options(0) == {"num_cpus": 1}
+    assert ray_options(0.5) == {"num_cpus": 1, "num_gpus": 0.5}
+    with pytest.raises(ValueError):
+        ray_options(-1)
+    assert load_config(gpus_per_job=1).gpus_per_job == 1
+    with pytest.raises(Exception, match="gpus_per_job"):
+        load_config(gpus_per_job=-1)

@@ -159,6 +159,8 @@ class CampaignConfig(BaseModel):
     executor: str = Field("local", pattern="^(local|ray)$")
     workers: int = Field(1, ge=1)
     address: str | None = None
+    gpus_per_job: float = Field(0, ge=0, description="GPUs Ray reserves for each job (num_gpus; 0 = CPU jobs, "
+                                                     "0.5 = two jobs share a GPU); ignored by the local executor")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
                         description="where jobs run their models: cpu, cuda, cuda:N or auto (CUDA when available)")
     threads_per_job: int = Field(1, ge=1, description="torch threads in every job, whatever the executor "

@@ -217,7 +217,7 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
     jobs = plan(cfg, runs, dataset, data_dir, out)
     store = RecordStore(out / "jobs.json", overwrite=overwrite)
     outputs = run_jobs(jobs, store, executor=cfg.executor, workers=cfg.workers, address=cfg.address,
-                       description="audit", threads=cfg.threads_per_job)
+                       description="audit", threads=cfg.threads_per_job, gpus=cfg.gpus_per_job)
     results, timings, examples = assemble(cfg, jobs, outputs)
     write_json(out / "audit.json", results)
     save_grid_examples(out / GRID_EXAMPLES, examples)
@@ -229,7 +229,7 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
                                                                              dict[str, dict[str, Any]]]:
     """Group job outputs into result sections; wall-clock fields are split off into timings and the grid's
     example images (per run) into the third value (stored beside ``audit.json`` as ``grid_examples.npz``)."""
-    res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address"}), "clean": [],
+    res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address", "gpus_per_job"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
                            "defenses": [], "strips": {}}
     multilabel: dict[str, list[Any]] = {"mlclean": [], "mlwhitebox": [], "mlblackbox": []}

@@ -55,11 +55,13 @@ def run_jobs(
     address: str | None = None,
     description: str = "jobs",
     threads: int | None = None,
+    gpus: float = 0,
 ) -> list[Any]:
     """Run the jobs not yet in ``store``; returns every job's record in job order.
 
     ``threads`` fixes torch's thread count inside every job whatever the executor (floating-point
-    reductions can depend on it, so a fixed value keeps results bit-identical across executors)."""
+    reductions can depend on it, so a fixed value keeps results bit-identical across executors).
+    ``gpus``: what Ray reserves per job (``num_gpus``), so a cluster with N GPUs runs N GPU jobs at once."""
     jobs = list(jobs)
     if len({j.key for j in jobs}) != len(jobs):
         raise ValueError("job keys must be unique")
@@ -72,7 +74,7 @@ def run_jobs(
     with progress_bar(description, len(jobs)) as advance:
         advance(len(jobs) - len(todo))
         if executor == "ray":
-            _run_ray(todo, store, workers, address, advance, threads)
+            _run_ray(todo, store, workers, address, advance, threads, gpus)
         elif workers == 1:
             _run_inline(todo, store, advance, threads)
         else:
@@ -111,8 +113,16 @@ def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callab
                 advance(1, info=job.key)
 
 
+def ray_options(gpus: float) -> dict[str, float]:
+    """Ray resources per job: one CPU slot, and ``gpus`` GPUs when asked (Ray then runs at most
+    GPUs / ``gpus`` jobs at once per node and sets ``CUDA_VISIBLE_DEVICES`` for each)."""
+    if gpus < 0:
+        raise ValueError(f"gpus per job must be >= 0, got {gpus}")
+    return {"num_cpus": 1, **({"num_gpus": gpus} if gpus else {})}
+
+
 def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | None, advance: Callable[..., None],
-             threads: int | None = None) -> None:
+             threads: int | None = None, gpus: float = 0) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -126,7 +136,7 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
-        remote = ray.remote(num_cpus=1)(run_job)
+        remote = ray.remote(**ray_options(gpus))(run_job)
         threads = threads or (1 if address else _threads_per_worker(workers))
         pending = {remote.remote(j.fn, j.kwargs, threads): j for j in todo}
         while pending:
