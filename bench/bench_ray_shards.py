@@ -2,7 +2,7 @@
 side by side: wall times, the speed-up and whether the two ``audit.json`` files are byte-identical.
 
     OMP_NUM_THREADS=1 python bench/bench_ray_shards.py --run RUN --dataset pneumoniamnist --data-dir ../shared/data \
-        --n-images 8 --shard-size 2 --budgets 500,1000 --workers 2 [--json out.json]
+        --n-images 8 --shard-size 2 --budgets 500,1000 --workers 2 [--per-image] [--json out.json]
 
 Each worker runs its shards with one torch thread (``threads_per_job``), so on a machine with N
 idle cores N workers should approach N times one worker.
@@ -31,7 +31,8 @@ def config(args: argparse.Namespace, workers: int) -> CampaignConfig:
     return CampaignConfig.model_validate({
         "clean": off, "whitebox": off, "transfer": off, "detection": off, "defenses": off,
         "blackbox": {"attacks": [args.attack], "defenses": ["none"], "n_images": args.n_images,
-                     "shard_size": args.shard_size, "budgets": [int(b) for b in args.budgets.split(",")]},
+                     "shard_size": args.shard_size, "budgets": [int(b) for b in args.budgets.split(",")],
+                     "per_image": args.per_image},
         "executor": "ray", "workers": workers, "threads_per_job": 1})
 
 
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=2)
     ap.add_argument("--budgets", default="500,1000")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--per-image", action="store_true", help="seed and attack each image on its own (records "
+                    "independent of --shard-size)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_ray_shards"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -59,7 +62,8 @@ def main() -> None:
     identical = outputs[1] == outputs[args.workers]
     speedup = times[1] / times[args.workers]
     shards = -(-args.n_images // args.shard_size)
-    print(f"{args.attack}, {args.n_images} images in {shards} shards of {args.shard_size}, budgets {args.budgets}, "
+    print(f"{args.attack}, {args.n_images} images in {shards} shards of {args.shard_size}"
+          f"{' (per image)' if args.per_image else ''}, budgets {args.budgets}, "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for workers, t in times.items():
         print(f"ray x{workers:<3} {t:8.1f} s")

@@ -86,6 +86,9 @@ class BlackboxSpec(Section):
     defenses: list[Defense] = [DefenseSpec("none"), DefenseSpec("rnd"), DefenseSpec("dnd")]
     n_images: int = Field(10, ge=1)
     shard_size: int = Field(5, ge=1, description="images per job (the unit of resumption and parallelism)")
+    per_image: bool = Field(False, description="attack and seed every image on its own: records independent of "
+                                               "shard_size (shard_size 1 = one job per image, N workers in "
+                                               "parallel), without cross-image batching")
     norm: NormField = Norm.L2
     adaptive_k: int = Field(5, ge=1, description="against a randomised defense (detected: the same input twice "
                                                  "gives different outputs) every query is repeated k times and "

@@ -9,6 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from medshield.attacks import create_attack
 from medshield.attacks.decision import model_label_fn
 from medshield.defenses.inference import DefenseSpec
@@ -99,28 +101,74 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
 
 def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
                  defense: DefenseSpec, indices: list[int], budgets: list[int], norm: str, shard: int,
-                 device: str = "cpu", adaptive_k: int = 1) -> dict[str, Any]:
+                 device: str = "cpu", adaptive_k: int = 1, per_image: bool = False,
+                 pool: list[int] | None = None) -> dict[str, Any]:
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
     generator seeded by the job's identity, so a re-run gives the same answers. When the defended
     model is randomised (two passes on the same images differ), the attacker takes a majority vote over
-    ``adaptive_k`` repeats of every query (all charged to the budget); the output says so."""
+    ``adaptive_k`` repeats of every query (all charged to the budget); the output says so.
+
+    ``per_image``: every image is attacked on its own, with a seed (attack and defense noise) derived
+    from its index, so the records do not depend on how the images are sharded: N workers running
+    one-image shards give exactly the records of one job over all images (no cross-image batching).
+    Its starting point is the first image of ``pool`` (all the evaluation's images, the same for every
+    shard) with another label, where noise finds none."""
     model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
-    job_seed = derived_seed(seed, run, attack, defense, shard)
-    defended = defense.build(model, seed=job_seed)
-    randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
-    cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(indices), seed=seed,
-                         norm=norm, adaptive_k=adaptive_k if randomized else 1)
-    base_fn = model_label_fn(model) if not defense.is_none else None
-    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, f"{attack} vs {defense} [{ref_name(run)} #{shard}]",
-                  base_fn)
+    desc = f"{attack} vs {defense} [{ref_name(run)} #{shard}]"
+    if per_image:
+        pool_y = part.labels[pool or indices]
+        parts = [_attack_shard(model, x[i:i + 1], y[i:i + 1], attack, defense, budgets, norm, seed, adaptive_k,
+                               derived_seed(seed, run, attack, defense, "image", index), desc,
+                               _other_label_start(part, pool or indices, pool_y, y[i]))
+                 for i, index in enumerate(indices)]
+        rec, randomized, k = merge_records([p[0] for p in parts]), any(p[1] for p in parts), max(p[2] for p in parts)
+    else:
+        rec, randomized, k = _attack_shard(model, x, y, attack, defense, budgets, norm, seed, adaptive_k,
+                                           derived_seed(seed, run, attack, defense, shard), desc)
     if shard:
         rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
     else:
         rec["first_image"] = x[0].flatten().tolist()
     return {"run": ref_name(run), "attack": attack, "defense": str(defense), "shard": shard, "indices": indices,
-            "image_shape": list(x.shape[1:]), "randomized_target": randomized, "adaptive_k": cfg.adaptive_k, **rec}
+            "image_shape": list(x.shape[1:]), "randomized_target": randomized, "adaptive_k": k, **rec}
+
+
+def _attack_shard(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, defense: DefenseSpec, budgets: list[int],
+                  norm: str, seed: int, adaptive_k: int, job_seed: int, desc: str,
+                  starts: torch.Tensor | None = None) -> tuple[dict[str, Any], bool, int]:
+    """One attack run on ``x`` against the defended model seeded with ``job_seed``: the record, whether
+    the defended model is randomised, and the majority-vote repeats used."""
+    defended = defense.build(model, seed=job_seed)
+    randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
+    cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(y), seed=seed,
+                         norm=norm, adaptive_k=adaptive_k if randomized else 1)
+    base_fn = model_label_fn(model) if not defense.is_none else None
+    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, desc, base_fn, starts=starts)
+    return rec, randomized, cfg.adaptive_k
+
+
+def _other_label_start(part: Any, pool: list[int], pool_y: torch.Tensor, label: torch.Tensor) -> torch.Tensor | None:
+    """``[1, C, H, W]``: the first image of ``pool`` labelled other than ``label`` (None if there is none)."""
+    other = torch.nonzero(pool_y != label).squeeze(1)
+    return part.images([pool[int(other[0])]]) if other.numel() else None
+
+
+def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image run records as one shard's: per-image lists (also per budget) concatenated in order,
+    counts and seconds summed, the first image's strip and the rest taken from the first record."""
+    out: dict[str, Any] = {}
+    for key, first in parts[0].items():
+        if key == "first_adversarial" or isinstance(first, str):
+            out[key] = first
+        elif isinstance(first, dict):
+            out[key] = {b: [v for p in parts for v in p[key][b]] for b in first}
+        elif isinstance(first, list):
+            out[key] = [v for p in parts for v in p[key]]
+        else:
+            out[key] = sum(p[key] for p in parts)
+    return out
 
 
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,

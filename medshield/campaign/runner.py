@@ -173,10 +173,11 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[
             for attack in attacks:
                 for k, shard in enumerate(shards):
                     adaptive = {"adaptive_k": bb.adaptive_k} if bb.adaptive_k > 1 and not defense.is_none else {}
-                    tag = f"|k{bb.adaptive_k}" if adaptive else ""
+                    tag = (f"|k{bb.adaptive_k}" if adaptive else "") + ("|img" if bb.per_image else "")
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}{tag}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
-                                     "budgets": bb.budgets, "norm": str(bb.norm), "shard": k, **adaptive}))
+                                     "budgets": bb.budgets, "norm": str(bb.norm), "shard": k, **adaptive,
+                                     **({"per_image": True, "pool": idx} if bb.per_image else {})}))
     if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",

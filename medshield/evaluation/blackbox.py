@@ -36,7 +36,8 @@ class BlackboxConfig:
     seed: int = 0
     n_bootstrap: int = 1000
     norm: str = "l2"
-    batch_size: int = 4096  # images per label-function call (a remote target gets one request per call)
+    batch_size: int | None = None  # rows per label-function call (a remote target: one request per call);
+    # None: a local model's measured best batch (medshield.models.inference; randomised defenses 4096)
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
     verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)
@@ -75,7 +76,8 @@ def attack_options(attack_name: str, surrogate: nn.Module | None) -> dict[str, A
 
 
 def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
-            seed: int, desc: str, base_fn: LabelFn | None = None, surrogate: nn.Module | None = None) -> dict[str, Any]:
+            seed: int, desc: str, base_fn: LabelFn | None = None, surrogate: nn.Module | None = None,
+            starts: torch.Tensor | None = None) -> dict[str, Any]:
     """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
     ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
     per-image queries; with ``cfg.adaptive_k = k`` every logical query is ``k`` model queries, all
@@ -85,7 +87,8 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
     adversarials that fool the classifier itself (inf where the attacker's claim does not), and the job
     adds the attacker's claims (``claim_l2``: the closest point the noisy target answered as adversarial,
     what the attacker would hand in) and ``defended_fool_rate`` (the share of ``cfg.verify_repeats``
-    fresh defended answers that are wrong on the claim)."""
+    fresh defended answers that are wrong on the claim). ``starts``: adversarial starting images (one
+    per image; else uniform noise, then the shard's other images)."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm, **attack_options(attack_name, surrogate))
     counted, sent = counting(label_fn)
     oracle = LabelOracle(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, norm=attack.norm,
@@ -100,7 +103,7 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
             advance(used - seen[0], info=f"queries {used:,}  median L2 {float(best.median()):.3f}")
             seen[0] = used
 
-        attack.run(oracle, torch.Generator().manual_seed(seed), progress=report)
+        attack.run(oracle, torch.Generator().manual_seed(seed), starts=starts, progress=report)
     sent_attack = sent[0]
     claims = defended_claims(oracle, counted, cfg.verify_repeats) if base_fn is not None else {}
     results = results_by_budget(oracle, time.perf_counter() - start, verify_fn=base_fn)
