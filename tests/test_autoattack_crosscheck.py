@@ -60,5 +60,6 @@ def test_autoattack_matches_reference_on_pneumoniamnist(shared_data, tmp_path) -
     x, y = part.get(idx)
     for eps in (1 / 255, 2 / 255):
         res = crosscheck(model.eval(), x, y, eps)
+        print(f"\ncrosscheck n={len(y)}: {res}")
         assert res["medshield_autoattack"] <= res["reference_autoattack"] + 0.01, res
         assert res["medshield_apgd_ce"] <= res["reference_autoattack"] + 0.05, res
