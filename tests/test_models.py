@@ -117,3 +117,22 @@ def test_load_run_on_device(tmp_path: Path) -> None:
     save_run(tmp_path / "run", create_model(name="smallcnn", num_classes=2), {"data": {}})
     loaded, _ = load_run(tmp_path / "run", "auto")
     assert next(loaded.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_eval_mode_restores_each_submodule_not_the_wrapper_recursively() -> None:
+    """A fresh wrapper (train mode) around an eval-mode model with dropout: after an attack-style
+    ``eval_mode(wrapper)`` the wrapped model must still be in eval mode (its predictions deterministic)."""
+    from medshield.attacks import ExpectationModel
+    from medshield.defenses.inference import DND
+    from medshield.models.bounded import eval_mode
+
+    inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
+    inner.eval()
+    for wrapper in (DND(inner, m=0.0, n=0.0), ExpectationModel(inner, samples=2)):
+        assert wrapper.training
+        with eval_mode(wrapper):
+            assert not wrapper.training and not inner.training
+        assert wrapper.training and not any(m.training for m in inner.modules())
+        x = torch.rand(16, 1, 2, 2)
+        with torch.no_grad():
+            assert torch.equal(wrapper(x), wrapper(x))

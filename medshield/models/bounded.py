@@ -59,15 +59,19 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode and restore their previous modes afterwards (as MONAI's ``eval_mode``)."""
-    states = [m.training for m in modules]
+    """Put modules in eval mode and restore every submodule's own previous mode afterwards.
+
+    Per submodule, not ``m.train(state)`` (MONAI's ``eval_mode``): a wrapper built around an eval-mode model
+    (RND, DND, :class:`ExpectationModel`) starts in train mode, and restoring it recursively would switch the
+    wrapped model's dropout/batch norm to training."""
+    states = [(sub, sub.training) for m in modules for sub in m.modules()]
     try:
         for m in modules:
             m.eval()
         yield
     finally:
-        for m, state in zip(modules, states):
-            m.train(state)
+        for sub, state in states:
+            sub.training = state
 
 
 @torch.no_grad()
