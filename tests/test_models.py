@@ -6,8 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from medshield.attacks import ExpectationModel
+from medshield.defenses.inference import DND
 from medshield.errors import CheckpointError, MedShieldError
 from medshield.models import class_logits, create_model, load_run, predict_labels, save_run
+from medshield.models.bounded import eval_mode
 from medshield.models.checkpoint import load_tensors
 from medshield.models.pretrained import load_pretrained, torchvision_to_monai
 
@@ -122,10 +125,6 @@ def test_load_run_on_device(tmp_path: Path) -> None:
 def test_eval_mode_restores_each_submodule_not_the_wrapper_recursively() -> None:
     """A fresh wrapper (train mode) around an eval-mode model with dropout: after an attack-style
     ``eval_mode(wrapper)`` the wrapped model must still be in eval mode (its predictions deterministic)."""
-    from medshield.attacks import ExpectationModel
-    from medshield.defenses.inference import DND
-    from medshield.models.bounded import eval_mode
-
     inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2))
     inner.eval()
     for wrapper in (DND(inner, m=0.0, n=0.0), ExpectationModel(inner, samples=2)):
