@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from medshield.api import load_run_and_data  # noqa: E402
 from medshield.attacks import ExpectationModel, pgd  # noqa: E402
-from medshield.defenses.inference import defend  # noqa: E402
+from medshield.defenses.inference import INFERENCE_DEFENSES  # noqa: E402
 from medshield.models import class_logits  # noqa: E402
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -61,7 +61,7 @@ def main() -> None:
     x, y = x[keep], y[keep]
     rows = []
     for name, params in DEFENSES.items():
-        defended = defend(model, name, **params)
+        defended = INFERENCE_DEFENSES.create(name, model=model, **params)
         clean = robust(defended, x, y, a.judge)
         for eps in [float(Fraction(e)) for e in a.eps.split(",")]:
             row = {"defense": name, **params, "images": len(y), "eps": eps, "clean": clean}
