@@ -33,12 +33,15 @@ class Norm(StrEnum):
         return aliases[text]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttackResult:
-    """What every attack returns. Tensors are on the inputs' device; distances are per sample.
+    """What every attack returns (frozen: build a new one with :func:`dataclasses.replace`). Tensors are
+    on the inputs' device; distances are per sample.
 
     ``queries`` counts model calls per sample (gradient calls for white-box attacks, label queries
-    for decision-based ones).
+    for decision-based ones). ``logits`` are the model's outputs on ``adversarial`` where the attack
+    saw them (white-box attacks; None for label-only ones). ``extras`` holds attack-specific facts
+    (a decision attack's ``budget``, ``batch_calls``, ``verify_fixed``).
     """
 
     adversarial: torch.Tensor
@@ -47,6 +50,7 @@ class AttackResult:
     l2: torch.Tensor  # float [N]
     queries: torch.Tensor  # int64 [N]
     seconds: float
+    logits: torch.Tensor | None = None  # [N, K] or [N, 1] on adversarial
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -47,7 +47,7 @@ def test_attack_contract(name: str, norm: Norm, n_logits: int, targeted: bool) -
     assert torch.allclose(res.linf, norms(adv - x, Norm.LINF)) and torch.allclose(res.l2, norms(adv - x, Norm.L2))
     assert res.success.dtype == torch.bool and res.success.shape == (6,)
     assert res.queries.dtype == torch.long and bool((res.queries >= 1).all()) and res.seconds > 0
-    pred = predict_labels(res.extras["logits"])
+    pred = predict_labels(res.logits)
     assert torch.equal(res.success, pred == (1 - y) if targeted else pred != y)
     again = attack.attack(model.eval(), x, y, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(again.adversarial, adv), "same seed must give the same result"
@@ -153,3 +153,37 @@ def test_fgsm_and_pgd_match_foolbox(fitted, eps: float) -> None:
     ours_p = pgd(steps=40, rel_stepsize=0.01 / 0.3, random_start=False).attack(model, x, y, eps=eps)
     _, _, fb_p = fb.attacks.LinfPGD(steps=40, random_start=False)(fmodel, x, y, epsilons=eps)
     assert abs(ours_p.success.float().mean() - fb_p.float().mean()) <= 0.01 + 1e-9
+
+
+def test_one_protocol_keyword_only_frozen_result_with_logits() -> None:
+    """Hyperparameters are keyword-only, the call is the entry point, the result is frozen and typed."""
+    import dataclasses
+
+    from medshield.attacks.decision import DECISION_ATTACKS
+
+    with pytest.raises(TypeError):
+        GradientAttack("linf", 5)  # type: ignore[misc]
+    for name in ATTACKS.names():
+        with pytest.raises(TypeError):
+            ATTACKS.get(name)("linf")
+    for name in DECISION_ATTACKS.names():
+        with pytest.raises(TypeError):
+            DECISION_ATTACKS.get(name)("l2")
+    model = tiny_model(num_classes=2)
+    x, y = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 0, 1])
+    res = pgd(steps=2)(model, x, y, eps=2 / 255, generator=torch.Generator().manual_seed(0))
+    assert res.logits is not None and res.logits.shape[0] == 4 and "logits" not in res.extras
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.seconds = 0.0  # type: ignore[misc]
+
+
+def test_one_geometry_module() -> None:
+    """Every attack measures and moves with :mod:`medshield.attacks.geometry`."""
+    from medshield.attacks import geometry
+    from medshield.attacks.decision import base, hsja, oracle, search
+
+    assert oracle.distance is geometry.distance is hsja.distance is base.distance
+    assert search.blend is geometry.blend and hsja.unit is geometry.unit
+    a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    assert torch.allclose(geometry.distance(a, b, Norm.L2), (a - b).flatten(1).norm(dim=1))
+    assert torch.allclose(geometry.step_direction(a, Norm.L2), geometry.unit(a))

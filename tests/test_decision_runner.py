@@ -141,3 +141,35 @@ def test_defended_records_split_claims_from_real_adversarials(demo_model, tmp_pa
     jobs = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
     rnd_jobs = [j for k, j in jobs.items() if k.startswith("rnd")]
     assert rnd_jobs and all("claim_l2" in j and "defended_fool_rate" in j for j in rnd_jobs)
+
+
+def test_runner_calls_the_attacks_entry_point(monkeypatch) -> None:  # noqa: ANN001
+    """The black-box runner goes through ``DecisionAttack.__call__`` (the entry point users call), and
+    gets the same answer a user gets."""
+    import torch
+
+    from medshield.attacks.decision import DecisionAttack, model_label_fn
+    from medshield.attacks.decision.hsja import HopSkipJump
+    from medshield.evaluation.blackbox import run_job
+
+    class Half(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(8.0))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            m = x.flatten(1).mean(1, keepdim=True) - 0.5
+            return torch.cat([-m, m], 1) * self.w
+
+    fn = model_label_fn(Half())
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2)) * 0.4
+    y = torch.zeros(3, dtype=torch.long)
+    cfg = BlackboxConfig(attacks=["hsja"], budgets=[60, 120], n_images=3, n_bootstrap=10)
+    calls = []
+    original = DecisionAttack.__call__
+    monkeypatch.setattr(DecisionAttack, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    job = run_job("hsja", fn, x, y, cfg, seed=5, desc="t")
+    assert calls == [1]
+    direct = HopSkipJump(norm="l2")(fn, x, y, [60, 120], generator=torch.Generator().manual_seed(5))
+    assert job["l2"]["120"] == direct[120].l2.tolist() and job["queries"] == direct.oracle.queries.tolist()
+    assert job["sent_attack"] == sum(job["queries"])

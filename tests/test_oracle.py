@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from medshield.attacks.decision import LabelOracle, model_label_fn
-from medshield.attacks.decision.geometry import start_points
+from medshield.attacks.decision.search import start_points
 from medshield.types import Norm
 
 

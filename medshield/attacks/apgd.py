@@ -48,7 +48,7 @@ class APGD(FixedEpsilonAttack):
 
     name = "apgd"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 100, loss: str = "ce", restarts: int = 1,
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 100, loss: str = "ce", restarts: int = 1,
                  targets: int = 0, rho: float = 0.75, momentum: float = 0.75) -> None:
         self.norm = Norm.parse(norm)
         if steps < 1 or restarts < 1 or targets < 0:
@@ -130,7 +130,7 @@ class APGD(FixedEpsilonAttack):
         return out.detach(), found
 
 
-def apgd_ce(norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) -> APGD:
+def apgd_ce(*, norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) -> APGD:
     """APGD-CE (Croce & Hein 2020): APGD on the cross-entropy.
 
     Example::
@@ -140,7 +140,7 @@ def apgd_ce(norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) -
     return APGD(norm=norm, steps=steps, loss="ce", restarts=restarts)
 
 
-def apgd_dlr(norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) -> APGD:
+def apgd_dlr(*, norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) -> APGD:
     """APGD on the DLR loss (the logit margin for two classes; see :mod:`.losses`).
 
     Example::
@@ -150,7 +150,7 @@ def apgd_dlr(norm: Norm | str = Norm.LINF, steps: int = 100, restarts: int = 1) 
     return APGD(norm=norm, steps=steps, loss="dlr", restarts=restarts)
 
 
-def apgd_t(norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, restarts: int = 1) -> APGD:
+def apgd_t(*, norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, restarts: int = 1) -> APGD:
     """APGD-T (Croce & Hein 2020): targeted DLR towards each of the top-``targets`` wrong classes.
 
     Example::

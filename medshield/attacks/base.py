@@ -7,9 +7,10 @@ restores it), times the call, clips the result to the budget and computes succes
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -47,14 +48,20 @@ def input_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, targ
 
 
 class Attack(ABC):
-    """Common call protocol: ``attack(model, inputs, labels, *, eps, targeted, target_labels, generator)``."""
+    """The call protocol of white-box attacks: hyperparameters as keyword-only constructor arguments;
+    ``attack(model, inputs, labels, *, eps, targeted, target_labels, generator)`` (also ``attack.attack``)
+    checks the arguments, runs :meth:`_run` and ends in :meth:`finalize`, the one place that clips to
+    the budget and decides success. Returns a frozen :class:`AttackResult` with the logits."""
 
     name: ClassVar[str] = "attack"
     needs_eps: ClassVar[bool] = True
     norm: Norm = Norm.LINF
 
-    def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, **kwargs: Any) -> AttackResult:
-        return self.attack(model, inputs, labels, **kwargs)
+    def __call__(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | None,
+                 targeted: bool = False, target_labels: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> AttackResult:
+        return self.attack(model, inputs, labels, eps=eps, targeted=targeted, target_labels=target_labels,
+                           generator=generator)
 
     def attack(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, *, eps: float | None,
                targeted: bool = False, target_labels: torch.Tensor | None = None,
@@ -71,8 +78,7 @@ class Attack(ABC):
                 adv, queries, *extras = self._run(model, x, goal, eps, targeted, generator)
             result = self.finalize(model, x, goal, adv.detach(), eps, targeted, queries)
             result.extras.update(*extras[:1])
-        result.seconds = time.perf_counter() - start
-        return result
+        return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
     def finalize(self, model: nn.Module, inputs: torch.Tensor, goal: torch.Tensor, adversarial: torch.Tensor,
                  eps: float | None, targeted: bool, queries: torch.Tensor | None = None,
@@ -88,7 +94,7 @@ class Attack(ABC):
             queries = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
         return AttackResult(adversarial=adv, success=is_adversarial(logits, goal, targeted),
                             linf=norms(delta, Norm.LINF), l2=norms(delta, Norm.L2), queries=queries, seconds=0.0,
-                            extras={"logits": logits.detach()})
+                            logits=logits.detach())
 
     def _check(self, inputs: torch.Tensor, labels: torch.Tensor, eps: float | None, targeted: bool,
                target_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ class CarliniWagnerL2(MinimizationAttack):
     name = "cw"
     norm = Norm.L2
 
-    def __init__(self, steps: int = 100, binary_search_steps: int = 5, initial_const: float = 1.0,
+    def __init__(self, *, steps: int = 100, binary_search_steps: int = 5, initial_const: float = 1.0,
                  confidence: float = 0.0, lr: float = 0.01, abort_early: bool = True) -> None:
         if steps < 1 or binary_search_steps < 1 or initial_const <= 0 or lr <= 0 or confidence < 0:
             raise ValueError("steps, binary_search_steps, initial_const and lr must be positive; confidence >= 0")

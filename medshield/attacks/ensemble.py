@@ -40,7 +40,7 @@ class AutoAttack(FixedEpsilonAttack):
 
     name = "autoattack"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, square_queries: int = 5000,
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, square_queries: int = 5000,
                  members: Sequence[str] = STANDARD) -> None:
         self.norm = Norm.parse(norm)
         unknown = sorted(set(members) - set(STANDARD))
@@ -53,10 +53,10 @@ class AutoAttack(FixedEpsilonAttack):
     def member_attacks(self) -> list[tuple[str, Attack]]:
         """The members as attack objects, in running order."""
         make = {
-            "apgd_ce": lambda: APGD(self.norm, steps=self.steps, loss="ce"),
-            "apgd_t": lambda: APGD(self.norm, steps=self.steps, loss="dlr", targets=self.targets),
-            "fab_t": lambda: FAB(self.norm, steps=self.steps, targets=self.targets),
-            "square": lambda: Square(self.norm, steps=self.square_queries),
+            "apgd_ce": lambda: APGD(norm=self.norm, steps=self.steps, loss="ce"),
+            "apgd_t": lambda: APGD(norm=self.norm, steps=self.steps, loss="dlr", targets=self.targets),
+            "fab_t": lambda: FAB(norm=self.norm, steps=self.steps, targets=self.targets),
+            "square": lambda: Square(norm=self.norm, steps=self.square_queries),
         }
         return [(name, make[name]()) for name in self.members]
 

@@ -68,7 +68,7 @@ class FAB(MinimizationAttack):
 
     name = "fab"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, restarts: int = 1,
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 100, targets: int = 9, restarts: int = 1,
                  eta: float = 1.05, beta: float = 0.9, alpha_max: float = 0.1) -> None:
         self.norm = Norm.parse(norm)
         if steps < 1 or targets < 1 or restarts < 1:

@@ -42,7 +42,7 @@ class FMN(MinimizationAttack):
 
     name = "fmn"
 
-    def __init__(self, norm: Norm | str = Norm.L2, steps: int = 100, alpha_init: float = 1.0,
+    def __init__(self, *, norm: Norm | str = Norm.L2, steps: int = 100, alpha_init: float = 1.0,
                  alpha_final: float = 0.01, gamma_init: float = 0.05, gamma_final: float = 0.001) -> None:
         self.norm = Norm.parse(norm)
         if steps < 1 or alpha_init <= 0 or not 0 < alpha_final <= 1:

@@ -35,7 +35,7 @@ class GradientAttack(FixedEpsilonAttack):
 
     name = "gradient"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.25,
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.25,
                  abs_stepsize: float | None = None, random_start: bool = True, restarts: int = 1,
                  momentum: float | None = None) -> None:
         self.norm = Norm.parse(norm)
@@ -86,7 +86,7 @@ class GradientAttack(FixedEpsilonAttack):
         return adv.detach(), success
 
 
-def fgsm(norm: Norm | str = Norm.LINF) -> GradientAttack:
+def fgsm(*, norm: Norm | str = Norm.LINF) -> GradientAttack:
     """FGSM (Goodfellow et al. 2015): one step of size eps along sign(grad) (L-inf) or grad/||grad|| (L2).
 
     Example::
@@ -96,7 +96,7 @@ def fgsm(norm: Norm | str = Norm.LINF) -> GradientAttack:
     return GradientAttack(norm=norm, steps=1, rel_stepsize=1.0, random_start=False)
 
 
-def bim(norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.2) -> GradientAttack:
+def bim(*, norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.2) -> GradientAttack:
     """BIM / I-FGSM (Kurakin et al. 2016): FGSM iterated with small steps, no random start.
 
     Example::
@@ -106,7 +106,7 @@ def bim(norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.2
     return GradientAttack(norm=norm, steps=steps, rel_stepsize=rel_stepsize, random_start=False)
 
 
-def pgd(norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.25, restarts: int = 1,
+def pgd(*, norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.25, restarts: int = 1,
         random_start: bool = True) -> GradientAttack:
     """PGD (Madry et al. 2018): BIM from a uniform random start in the ball, optionally restarted.
 
@@ -118,7 +118,7 @@ def pgd(norm: Norm | str = Norm.LINF, steps: int = 10, rel_stepsize: float = 0.2
                           restarts=restarts)
 
 
-def mifgsm(norm: Norm | str = Norm.LINF, steps: int = 10, momentum: float = 1.0,
+def mifgsm(*, norm: Norm | str = Norm.LINF, steps: int = 10, momentum: float = 1.0,
            rel_stepsize: float | None = None) -> GradientAttack:
     """MI-FGSM (Dong et al. 2018): momentum ``mu`` over L1-normalised gradients, step eps/steps.
 
@@ -144,7 +144,7 @@ class IterativeFGSM(FixedEpsilonAttack):
 
     name = "fgsm_iter"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 10) -> None:
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 10) -> None:
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.norm, self.steps = Norm.parse(norm), steps

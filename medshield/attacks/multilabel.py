@@ -138,9 +138,8 @@ class FindingAttack(FixedEpsilonAttack):
         if queries is None:
             queries = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
         return AttackResult(adversarial=adv, success=flipped & unchanged, linf=norms(delta, Norm.LINF),
-                            l2=norms(delta, Norm.L2), queries=queries, seconds=0.0,
-                            extras={"logits": logits.detach(), "flipped": flipped, "others_unchanged": unchanged,
-                                    "decisions": dec})
+                            l2=norms(delta, Norm.L2), queries=queries, seconds=0.0, logits=logits.detach(),
+                            extras={"flipped": flipped, "others_unchanged": unchanged, "decisions": dec})
 
 
 # ---- label-only access to findings ----

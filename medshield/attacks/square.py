@@ -72,7 +72,7 @@ class Square(FixedEpsilonAttack):
 
     name = "square"
 
-    def __init__(self, norm: Norm | str = Norm.LINF, steps: int = 5000, p_init: float = 0.8) -> None:
+    def __init__(self, *, norm: Norm | str = Norm.LINF, steps: int = 5000, p_init: float = 0.8) -> None:
         self.norm = Norm.parse(norm)
         if steps < 1 or not 0 < p_init <= 1:
             raise ValueError(f"steps must be >= 1 and p_init in (0, 1], got {steps}, {p_init}")

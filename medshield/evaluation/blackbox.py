@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn, results_by_budget
+from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn
 from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
 from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
@@ -90,11 +90,10 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
     fresh defended answers that are wrong on the claim). ``starts``: adversarial starting images (one
     per image; else uniform noise, then the shard's other images)."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm, **attack_options(attack_name, surrogate))
-    counted, sent = counting(label_fn)
-    oracle = LabelOracle(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, norm=attack.norm,
-                         cost=cfg.adaptive_k)
+    counted, sent = counting(label_fn)  # what the attack sends
+    rechecked, resent = counting(label_fn)  # what the evaluator sends afterwards
     start = time.perf_counter()
-    with progress_bar(desc, total=oracle.n * oracle.max_budget) as advance:
+    with progress_bar(desc, total=x.shape[0] * max(cfg.budgets)) as advance:
         seen = [0]
 
         def report(o: LabelOracle) -> None:
@@ -103,13 +102,14 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
             advance(used - seen[0], info=f"queries {used:,}  median L2 {float(best.median()):.3f}")
             seen[0] = used
 
-        attack.run(oracle, torch.Generator().manual_seed(seed), starts=starts, progress=report)
-    sent_attack = sent[0]
-    claims = defended_claims(oracle, counted, cfg.verify_repeats) if base_fn is not None else {}
-    results = results_by_budget(oracle, time.perf_counter() - start, verify_fn=base_fn)
+        results = attack(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, cost=cfg.adaptive_k,
+                         generator=torch.Generator().manual_seed(seed), starts=starts, progress=report,
+                         verify_fn=base_fn if base_fn is not None else majority_vote(rechecked, cfg.adaptive_k))
+    oracle = results.oracle
+    claims = defended_claims(oracle, rechecked, cfg.verify_repeats) if base_fn is not None else {}
     return {
-        "sent_attack": sent_attack,
-        "sent_verify": sent[0] - sent_attack,
+        "sent_attack": sent[0],
+        "sent_verify": resent[0],
         "l2": {str(b): r.l2.tolist() for b, r in results.items()},
         "linf": {str(b): r.linf.tolist() for b, r in results.items()},
         **claims,

@@ -88,9 +88,8 @@ def attack_stream_record(detector: StreamDetector, model: nn.Module, attack_name
             suspicious[i] = verdict.suspicious / verdict.queries_seen
 
     attack = DECISION_ATTACKS.create(attack_name)
-    oracle = LabelOracle(model_label_fn(model), x, y, [cfg.budget], norm=attack.norm, hooks=[hook])
     start = time.perf_counter()
-    with progress_bar(f"detect {attack_name}", total=oracle.n * cfg.budget) as advance:
+    with progress_bar(f"detect {attack_name}", total=x.shape[0] * cfg.budget) as advance:
         seen = [0]
 
         def report(o: LabelOracle) -> None:
@@ -98,7 +97,8 @@ def attack_stream_record(detector: StreamDetector, model: nn.Module, attack_name
             advance(used - seen[0], info=f"flagged {sum(f is not None for f in flagged.values())}/{o.n}")
             seen[0] = used
 
-        attack.run(oracle, torch.Generator().manual_seed(cfg.seed), progress=report)
+        oracle = attack(model_label_fn(model), x, y, [cfg.budget], generator=torch.Generator().manual_seed(cfg.seed),
+                        hooks=[hook], progress=report).oracle
     _, dist = oracle.best(cfg.budget)
     return {"kind": f"attack:{attack_name}", "stream": attack_name, **flag_stats(list(flagged.values()), cfg.within),
             "queries_mean": float(oracle.queries.float().mean()), "median_l2": float(dist.median()),

@@ -20,7 +20,6 @@ Record fields (one record per finding x mode x eps, or x budget):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +28,6 @@ import torch
 from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS
-from medshield.attacks.decision.base import results_by_budget
-from medshield.attacks.decision.oracle import LabelOracle
 from medshield.attacks.multilabel import (
     FindingAttack, code_starts, codes, decision_code_fn, decision_fn, finding_label_fn, wanted_decisions,
 )
@@ -127,17 +124,15 @@ def finding_blackbox_records(label_model: nn.Module, images: torch.Tensor, names
             x, dec = images[rows], decisions[rows]
             wanted = wanted_decisions(dec, k, mode)  # type: ignore[arg-type]
             attack = DECISION_ATTACKS.create(cfg.blackbox_attack, norm=Norm.L2)
-            start = time.perf_counter()
-            if cfg.keep_others:
+            generator = torch.Generator().manual_seed(cfg.seed)
+            if cfg.keep_others:  # the attack's entry point: it builds the oracle and re-checks the results
                 starts, _ = code_starts(x, codes(wanted), pool, pool_codes)  # type: ignore[arg-type]
-                oracle = LabelOracle(decision_code_fn(label_model, thresholds), x, codes(dec), cfg.budgets,
-                                     targets=codes(wanted), norm=Norm.L2)
-                attack.run(oracle, torch.Generator().manual_seed(cfg.seed), starts=starts)
+                results = attack(decision_code_fn(label_model, thresholds), x, codes(dec), cfg.budgets,
+                                 targets=codes(wanted), starts=starts, generator=generator)
             else:
-                oracle = LabelOracle(finding_label_fn(label_model, k, thresholds), x, dec[:, k], cfg.budgets,
-                                     norm=Norm.L2)
-                attack.run(oracle, torch.Generator().manual_seed(cfg.seed))
-            for budget, res in results_by_budget(oracle, time.perf_counter() - start).items():
+                results = attack(finding_label_fn(label_model, k, thresholds), x, dec[:, k], cfg.budgets,
+                                 generator=generator)
+            for budget, res in results.items():
                 after = decide_all(res.adversarial)
                 others = torch.ones_like(after, dtype=torch.bool)
                 others[:, k] = False

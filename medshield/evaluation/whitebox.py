@@ -50,7 +50,7 @@ def run_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tens
     gen = torch.Generator(device=device).manual_seed(seed)
     parts: list[AttackResult] = []
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        parts.append(attack.attack(model, xb.to(device), yb.to(device), eps=eps, generator=gen))
+        parts.append(attack(model, xb.to(device), yb.to(device), eps=eps, generator=gen))
         if advance:
             advance(xb.shape[0])
     return concat_results(parts, sum(p.seconds for p in parts))
@@ -60,14 +60,14 @@ def concat_results(parts: list[AttackResult], seconds: float) -> AttackResult:
     """One result (on CPU) from per-batch results; per-image list extras (an ensemble's ``broken_by``,
     its ``member_queries``) are concatenated too."""
     cat = lambda name: torch.cat([getattr(p, name).cpu() for p in parts])  # noqa: E731
-    extras: dict[str, Any] = {"logits": torch.cat([p.extras["logits"].cpu() for p in parts])}
+    extras: dict[str, Any] = {}
     for key, value in parts[0].extras.items():
         if isinstance(value, list):
             extras[key] = [v for p in parts for v in p.extras[key]]
         elif isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
             extras[key] = {k: [v for p in parts for v in p.extras[key][k]] for k in value}
     return AttackResult(adversarial=cat("adversarial"), success=cat("success"), linf=cat("linf"), l2=cat("l2"),
-                        queries=cat("queries"), seconds=seconds, extras=extras)
+                        queries=cat("queries"), seconds=seconds, logits=cat("logits"), extras=extras)
 
 
 def rebudget(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: AttackResult, eps: float,
@@ -99,9 +99,11 @@ def direction_breakdown(labels: torch.Tensor, clean_pred: torch.Tensor, adv_pred
 def summarise(result: AttackResult, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor,
               positive_class: int | None, eps: float | None, norm: Norm) -> dict[str, Any]:
     """The record fields computed from one attack result."""
-    clean_pred, adv_pred = predict_labels(clean_logits), predict_labels(result.extras["logits"])
+    if result.logits is None:
+        raise ValueError("a white-box result carries the logits on its adversarials")
+    clean_pred, adv_pred = predict_labels(clean_logits), predict_labels(result.logits)
     correct = clean_pred == y
-    adv_metrics = classification_metrics(y, probabilities(result.extras["logits"]), positive_class, n_bootstrap=0)
+    adv_metrics = classification_metrics(y, probabilities(result.logits), positive_class, n_bootstrap=0)
     return {
         "n": int(x.shape[0]),
         "clean_accuracy": float(correct.double().mean()),
@@ -223,7 +225,7 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
                         result = run_batched(attack, target, x, y, eps, job.batch_size, job.seed)
                     if randomized:  # every draw is a model query; judge by one fresh draw of the model itself
                         result = replace(result, queries=result.queries * draws,
-                                         extras={**result.extras, "logits": predict(model, result.adversarial)})
+                                         logits=predict(model, result.adversarial))
                     rec = summarise(result, x, y, clean_logits, positive_class, eps, job.norm)
                     rec["checks"] = merge_checks(base_checks, rec["checks"])
                     return {**meta, "attack": name, "eps": eps, "eps_label": eps_label(eps), "norm": str(job.norm),

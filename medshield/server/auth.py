@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medshield.errors import MedShieldError
+from medshield.types import split_list
 
 ENV_VAR = "MEDSHIELD_API_KEYS"
 MIN_KEY_LENGTH = 16
@@ -60,5 +61,5 @@ class KeyStore:
             lines = path.read_text(encoding="utf-8").splitlines()
             keys += [ln for ln in (s.strip() for s in lines) if ln and not ln.startswith("#")]
         env_value = os.environ.get(ENV_VAR, "") if env is None else env
-        keys += env_value.split(",")
+        keys += split_list(env_value)
         return cls(keys)

@@ -5,21 +5,43 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from medshield.attacks.decision.oracle import LabelFn, LabelOracle, QueryHook, distance
+from medshield.attacks.decision.oracle import LabelFn, LabelOracle, QueryHook
+from medshield.attacks.geometry import distance
 from medshield.types import AttackResult, Norm
 
 Progress = Callable[[LabelOracle], None]
 """Called once per attack iteration with the oracle (progress bars read ``queries`` and distances)."""
 
 
+class BudgetResults(Mapping[int, AttackResult]):
+    """A decision attack's results: one frozen :class:`AttackResult` per budget checkpoint
+    (``results[5000].l2``), plus the finished ``oracle`` (its query counts and best points per budget,
+    e.g. for the attacker's claims) and the attack's wall time in ``seconds``."""
+
+    def __init__(self, by_budget: dict[int, AttackResult], oracle: LabelOracle, seconds: float) -> None:
+        self._by_budget, self.oracle, self.seconds = dict(by_budget), oracle, seconds
+
+    def __getitem__(self, budget: int) -> AttackResult:
+        return self._by_budget[budget]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._by_budget)
+
+    def __len__(self) -> int:
+        return len(self._by_budget)
+
+
 class DecisionAttack(ABC):
-    """A minimisation attack that only sees labels. Subclasses implement :meth:`run`, which drives a
-    :class:`LabelOracle` until every image's budget is spent (or nothing is left to improve); the
-    oracle keeps the best adversarial per budget, so ``run`` returns nothing."""
+    """A minimisation attack that only sees labels. Hyperparameters are keyword-only constructor
+    arguments; the one entry point is ``attack(label_fn, images, labels, budgets, ...)``, which builds
+    the query-counting :class:`LabelOracle`, runs :meth:`run` and ends in :func:`results_by_budget`, the
+    one place that re-checks the adversarials and decides success. Subclasses implement :meth:`run`,
+    which drives the oracle until every image's budget is spent (the oracle keeps the best adversarial
+    per budget, so ``run`` returns nothing)."""
 
     norm: Norm = Norm.L2
 
@@ -28,14 +50,21 @@ class DecisionAttack(ABC):
             progress: Progress | None = None) -> None:
         """Attack every image of ``oracle``; ``starts`` are optional adversarial starting images."""
 
-    def __call__(self, label_fn: LabelFn, images: torch.Tensor, labels: torch.Tensor, budgets: Sequence[int],
+    def __call__(self, label_fn: LabelFn, images: torch.Tensor, labels: torch.Tensor, budgets: Sequence[int], *,
                  targets: torch.Tensor | None = None, starts: torch.Tensor | None = None, seed: int = 0,
-                 hooks: Sequence[QueryHook] = (), progress: Progress | None = None) -> dict[int, AttackResult]:
-        """Run on ``images [N, C, H, W]`` in [0, 1]; one :class:`AttackResult` per budget."""
-        oracle = LabelOracle(label_fn, images, labels, budgets, targets=targets, norm=self.norm, hooks=hooks)
+                 generator: torch.Generator | None = None, hooks: Sequence[QueryHook] = (),
+                 progress: Progress | None = None, cost: int = 1, verify_fn: LabelFn | None = None) -> BudgetResults:
+        """Run on ``images [N, C, H, W]`` in [0, 1] with per-image query ``budgets``; randomness from
+        ``generator`` (default one seeded with ``seed``). ``cost`` model queries are charged per logical
+        query (an adaptive attacker's ``k`` repeats); ``verify_fn`` re-checks the final adversarials
+        (default: ``label_fn``; a randomised defense's evaluation passes the undefended model)."""
+        oracle = LabelOracle(label_fn, images, labels, budgets, targets=targets, norm=self.norm, hooks=hooks,
+                             cost=cost)
         start = time.perf_counter()
-        self.run(oracle, torch.Generator().manual_seed(seed), starts=starts, progress=progress)
-        return results_by_budget(oracle, time.perf_counter() - start)
+        self.run(oracle, generator if generator is not None else torch.Generator().manual_seed(seed), starts=starts,
+                 progress=progress)
+        seconds = time.perf_counter() - start
+        return BudgetResults(results_by_budget(oracle, seconds, verify_fn=verify_fn), oracle, seconds)
 
 
 def results_by_budget(oracle: LabelOracle, seconds: float, verify_fn: LabelFn | None = None) -> dict[int, AttackResult]:

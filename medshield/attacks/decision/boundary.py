@@ -8,7 +8,8 @@ import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.base import DecisionAttack, Progress, active_rows
-from medshield.attacks.decision.geometry import expand, flat_norm, start_points, unit
+from medshield.attacks.decision.search import start_points
+from medshield.attacks.geometry import expand, flat_norm, unit
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.types import Norm
 
@@ -27,7 +28,7 @@ class BoundaryAttack(DecisionAttack):
         results[5000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, spherical_step: float = 0.01, source_step: float = 0.01,
+    def __init__(self, *, norm: Norm | str = Norm.L2, spherical_step: float = 0.01, source_step: float = 0.01,
                  adaptation: float = 1.5, window: int = 10) -> None:
         if Norm.parse(norm) != Norm.L2:
             raise ValueError("the Boundary attack minimises L2 distance only")

@@ -18,7 +18,8 @@ import math
 import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
-from medshield.attacks.decision.geometry import binary_search, expand, rowdot, unit
+from medshield.attacks.decision.search import binary_search
+from medshield.attacks.geometry import expand, rowdot, unit
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.attacks.decision.qeba import QEBA
 from medshield.types import Norm
@@ -39,14 +40,15 @@ class CGBA(QEBA):
         results[2000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, variant: str = "h", subspace: str = "dct", ratio: float | None = None,
+    def __init__(self, *, norm: Norm | str = Norm.L2, variant: str = "h", subspace: str = "dct", ratio: float | None = None,
                  gamma: float = 1.0, init_evals: int = 30, max_evals: int = 10_000, max_halvings: int = 15,
                  max_rows: int = 32_768) -> None:
         if Norm.parse(norm) != Norm.L2:
             raise ValueError("CGBA minimises L2 distance only; use rays (or hsja/qeba with linf) for linf")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        super().__init__(norm, subspace, ratio, gamma, init_evals, max_evals, max_halvings, max_rows)
+        super().__init__(norm=norm, subspace=subspace, ratio=ratio, gamma=gamma, init_evals=init_evals,
+                         max_evals=max_evals, max_step_halvings=max_halvings, max_rows=max_rows)
         self.variant = variant
 
     def step(self, oracle: LabelOracle, idx: torch.Tensor, x0: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor,

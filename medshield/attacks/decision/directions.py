@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from medshield.attacks.decision.geometry import expand, unit
+from medshield.attacks.geometry import expand, unit
 from medshield.attacks.decision.oracle import LabelOracle
 
 INF = float("inf")

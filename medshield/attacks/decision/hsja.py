@@ -11,8 +11,9 @@ import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.base import DecisionAttack, Progress, active_rows
-from medshield.attacks.decision.geometry import binary_search, expand, flat_norm, rowdot, start_points, unit
-from medshield.attacks.decision.oracle import LabelOracle, distance
+from medshield.attacks.decision.oracle import LabelOracle
+from medshield.attacks.decision.search import binary_search, start_points
+from medshield.attacks.geometry import distance, expand, flat_norm, rowdot, unit
 from medshield.types import Norm
 
 
@@ -39,7 +40,7 @@ class HopSkipJump(DecisionAttack):
         results[5000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, gamma: float = 1.0, init_evals: int = 100,
+    def __init__(self, *, norm: Norm | str = Norm.L2, gamma: float = 1.0, init_evals: int = 100,
                  max_evals: int = 10_000, max_step_halvings: int = 25, max_rows: int = 32_768,
                  min_theta: float | None = None) -> None:
         if gamma <= 0 or init_evals < 1 or max_evals < init_evals or (min_theta is not None and min_theta < 0):

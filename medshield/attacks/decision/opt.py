@@ -9,7 +9,8 @@ import torch
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.base import DecisionAttack, Progress
 from medshield.attacks.decision.directions import INF, bisect, initial_directions, local_search
-from medshield.attacks.decision.geometry import expand, other_image_start, unit
+from medshield.attacks.decision.search import other_image_start
+from medshield.attacks.geometry import expand, unit
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.types import Norm
 
@@ -18,7 +19,7 @@ class DirectionSearch(DecisionAttack):
     """Minimise ``g(theta)`` (distance to the boundary along unit direction ``theta``) with a
     zeroth-order gradient estimate (subclasses) and OPT's line search on the step ``alpha``."""
 
-    def __init__(self, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
+    def __init__(self, *, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
                  line_steps: int = 15) -> None:
         if Norm.parse(norm) != Norm.L2:
             raise ValueError(f"{type(self).__name__} minimises L2 distance only; use hsja or gbba for linf")
@@ -121,9 +122,9 @@ class OPT(DirectionSearch):
         results[5000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
+    def __init__(self, *, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
                  q: int = 10, line_steps: int = 15) -> None:
-        super().__init__(norm, alpha, beta, n_directions, line_steps)
+        super().__init__(norm=norm, alpha=alpha, beta=beta, n_directions=n_directions, line_steps=line_steps)
         self.q = q
 
     def estimate(self, oracle: LabelOracle, idx: torch.Tensor, x0: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,

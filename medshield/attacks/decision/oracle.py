@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from medshield.attacks.geometry import distance
 from medshield.models import eval_mode, predict_labels
 from medshield.models.inference import best_batch_size, chunks, is_stochastic
 from medshield.types import Norm
@@ -65,12 +66,6 @@ def majority_vote(label_fn: LabelFn, k: int) -> LabelFn:
         return counts.argmax(1)
 
     return vote
-
-
-def distance(a: torch.Tensor, b: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Per-row L2 or L-inf distance between two batches."""
-    diff = (a - b).flatten(1)
-    return diff.norm(dim=1) if norm == Norm.L2 else diff.abs().amax(dim=1)
 
 
 class LabelOracle:

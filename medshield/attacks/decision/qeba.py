@@ -28,10 +28,11 @@ class QEBA(HopSkipJump):
         results[2000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, subspace: str = "dct", ratio: float | None = None, gamma: float = 1.0,
+    def __init__(self, *, norm: Norm | str = Norm.L2, subspace: str = "dct", ratio: float | None = None, gamma: float = 1.0,
                  init_evals: int = 100, max_evals: int = 10_000, max_step_halvings: int = 25,
                  max_rows: int = 32_768) -> None:
-        super().__init__(norm, gamma, init_evals, max_evals, max_step_halvings, max_rows)
+        super().__init__(norm=norm, gamma=gamma, init_evals=init_evals, max_evals=max_evals,
+                         max_step_halvings=max_step_halvings, max_rows=max_rows)
         if subspace not in ("dct", "resize") or (ratio is not None and ratio < 1):
             raise ValueError(f"QEBA needs subspace 'dct' or 'resize' and ratio >= 1, got {subspace!r}, {ratio}")
         self.subspace, self.ratio = subspace, ratio

@@ -13,7 +13,7 @@ import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.base import DecisionAttack, Progress, active_rows
-from medshield.attacks.decision.geometry import expand
+from medshield.attacks.geometry import expand
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.types import Norm
 
@@ -33,7 +33,7 @@ class RayS(DecisionAttack):
 
     norm = Norm.LINF
 
-    def __init__(self, norm: Norm | str = Norm.LINF, tol: float = 1e-4) -> None:
+    def __init__(self, *, norm: Norm | str = Norm.LINF, tol: float = 1e-4) -> None:
         if not 0 < tol < 1:
             raise ValueError(f"tol must be in (0, 1), got {tol}")
         self.tol = tol

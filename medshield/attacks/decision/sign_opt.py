@@ -8,7 +8,7 @@ import torch
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.directions import INF
-from medshield.attacks.decision.geometry import expand
+from medshield.attacks.geometry import expand
 from medshield.attacks.decision.opt import DirectionSearch, perturbed_directions
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.types import Norm
@@ -25,9 +25,9 @@ class SignOPT(DirectionSearch):
         results[5000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
+    def __init__(self, *, norm: Norm | str = Norm.L2, alpha: float = 0.2, beta: float = 0.001, n_directions: int = 100,
                  k: int = 200, line_steps: int = 15) -> None:
-        super().__init__(norm, alpha, beta, n_directions, line_steps)
+        super().__init__(norm=norm, alpha=alpha, beta=beta, n_directions=n_directions, line_steps=line_steps)
         self.k = k
 
     def estimate(self, oracle: LabelOracle, idx: torch.Tensor, x0: torch.Tensor, theta: torch.Tensor, g: torch.Tensor,

@@ -25,7 +25,7 @@ from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS
 from medshield.attacks.decision.base import Progress
-from medshield.attacks.decision.geometry import expand, rowdot, unit
+from medshield.attacks.geometry import expand, rowdot, unit
 from medshield.attacks.decision.hsja import HopSkipJump
 from medshield.attacks.decision.oracle import LabelOracle
 from medshield.models import class_logits, eval_mode
@@ -65,14 +65,15 @@ class SurrogateHSJA(HopSkipJump):
         results[2000].l2.median()
     """
 
-    def __init__(self, norm: Norm | str = Norm.L2, surrogate: nn.Module | None = None, prior: bool = True,
+    def __init__(self, *, norm: Norm | str = Norm.L2, surrogate: nn.Module | None = None, prior: bool = True,
                  transfer_steps: int = 10, transfer_step: float = 0.02, gamma: float = 1.0, init_evals: int = 100,
                  max_evals: int = 10_000, max_step_halvings: int = 25, max_rows: int = 32_768) -> None:
         if surrogate is None:
             raise ValueError("the surrogate attack needs a surrogate model (e.g. --surrogate RUN)")
         if transfer_steps < 0 or transfer_step <= 0:
             raise ValueError("need transfer_steps >= 0 and transfer_step > 0")
-        super().__init__(norm, gamma, init_evals, max_evals, max_step_halvings, max_rows)
+        super().__init__(norm=norm, gamma=gamma, init_evals=init_evals, max_evals=max_evals,
+                         max_step_halvings=max_step_halvings, max_rows=max_rows)
         self.surrogate, self.prior = surrogate, prior
         self.transfer_steps, self.transfer_step = transfer_steps, transfer_step
 
