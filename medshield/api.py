@@ -15,6 +15,7 @@ from medshield.campaign.thesis import reproduce_thesis as run_thesis
 from medshield.data import Dataset, load_dataset
 from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError
+from medshield.evaluation.calibration import CalibrationConfig
 from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox
 from medshield.evaluation.defended import tradeoff_sweeps
 from medshield.evaluation.defense import EVAL_ATTACKS, unique_labels
@@ -24,8 +25,9 @@ from medshield.evaluation.multilabel import (
     FindingAttackConfig, clean_finding_metrics, finding_blackbox_records, finding_whitebox_records,
 )
 from medshield.evaluation.services import (  # noqa: F401  (re-exported: the API's own service functions)
-    eval_images, evaluate_model, evaluate_run, load_run_and_data, load_target_and_data, model_label, prepare_run_dir,
-    run_info, seeded, train, train_defended, whitebox_evaluation,
+    attach_calibrations, calibrate_defenses, eval_images, evaluate_model, evaluate_run, load_run_and_data,
+    load_target_and_data, model_label, prepare_run_dir, run_info, seeded, serving_defense, train, train_defended,
+    training_sigma, whitebox_evaluation,
 )
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.target_check import check_target
@@ -36,6 +38,7 @@ from medshield.models.checkpoint import read_json, write_json
 from medshield.models.train import TrainConfig
 from medshield.report import heatmap, pivot_table
 from medshield.report.blackbox_plots import markdown_table, plot_l2_vs_queries, plot_strips
+from medshield.report.calibration_plot import calibration_markdown, plot_calibration
 from medshield.report.defense import write_defense_report
 from medshield.report.tradeoff_plot import plot_tradeoff, tradeoff_markdown
 from medshield.report.whitebox import write_whitebox_report
@@ -182,7 +185,7 @@ def defend(
     source_run: str | Path | None = None,
     init_from: str | Path | None = None,
     noise_mean: float = 0.0,
-    noise_sigma: float = 0.05,
+    noise_sigma: float | None = None,
     train_config: TrainConfig | None = None,
     eval_attacks: Sequence[str] = EVAL_ATTACKS,
     eval_eps: Sequence[float] = (EPS,),
@@ -190,15 +193,19 @@ def defend(
     pgd_restarts: int = 3,
     resume: bool = False,
     overwrite: bool = False,
+    calibration: CalibrationConfig | None = CalibrationConfig(),
+    sigma_epochs: int = 1,
 ) -> list[dict[str, Any]]:
     """Train a defended model (``at``, ``ant``, ``noise`` or ``none``) and evaluate it white-box against
     every attack (PGD with restarts included); writes the run plus ``OUT/defense.json`` and the white-box
-    report in ``OUT/eval``."""
+    report in ``OUT/eval``. Without ``noise_sigma``, ``noise``/``ant`` fine-tuning from ``init_from``
+    calibrate it to ``calibration``'s tolerance (:func:`training_sigma`); from scratch sigma = 0.05."""
     records, whitebox = train_defended(
         dataset, out, defense, model=model, data_dir=data_dir, train_attack=train_attack, train_eps=train_eps,
         train_steps=train_steps, norm=norm, source=source, source_run=source_run, init_from=init_from,
         noise_mean=noise_mean, noise_sigma=noise_sigma, train_config=train_config, eval_attacks=eval_attacks,
-        eval_eps=eval_eps, eval_n=eval_n, pgd_restarts=pgd_restarts, resume=resume, overwrite=overwrite)
+        eval_eps=eval_eps, eval_n=eval_n, pgd_restarts=pgd_restarts, resume=resume, overwrite=overwrite,
+        calibration=calibration, sigma_epochs=sigma_epochs)
     write_whitebox_report(whitebox, Path(out) / "eval")
     return records
 
@@ -226,14 +233,17 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              defenses: Sequence[DefenseSpec] | None = None, seed: int = 0, norm: Norm = Norm.L2, split: str = "test",
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
              batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu",
-             surrogate: str | Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+             surrogate: str | Path | None = None, overwrite: bool = False,
+             calibration: CalibrationConfig | None = CalibrationConfig()) -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
     ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are
     :class:`DefenseSpec` values; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
     ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model). Stored jobs
     are reused only from the same model (or service), data, defense, attack, budgets and seed; others
-    are refused naming the difference, or recomputed with ``overwrite``."""
+    are refused naming the difference, or recomputed with ``overwrite``.
+    Parameter-less ``rnd``/``dnd`` are calibrated to ``calibration``'s tolerance on the validation split
+    (None: registry defaults); ``OUT/calibration.png`` shows the search."""
     cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=str(norm), shard_size=shard_size, adaptive_k=adaptive_k,
                          surrogate_run=str(surrogate) if surrogate else None)
     substitute = load_run(Path(surrogate), device)[0] if surrogate else None
@@ -254,8 +264,12 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
         part = ds.split(split)
         identity = {"model": model_fingerprint(system),
                     "data": data_identity(ds.name, split, part.images(), part.labels)}
+        cfg.defenses, calibrations = calibrate_defenses(system.model, ds, cfg.defenses, calibration, out,
+                                                        system.name, identity, overwrite)
         summary = run_blackbox(system.model, part, out, cfg, positive_class=ds.positive_class, surrogate=substitute,
                                identity=identity, overwrite=overwrite)
+        attach_calibrations(summary["records"], calibrations)
+        summary["calibrations"] = calibrations
         summary["target_identity"] = system.identity()
         if before is not None:  # a remote target: what went over the network during this run
             summary["remote"] = {k: v - before[k] for k, v in (remote_counts(system.model) or before).items()}
@@ -263,7 +277,12 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
     write_json(out / "blackbox.json", summary)
     plot_l2_vs_queries(summary, out / "l2_vs_queries.png")
     plot_strips(summary, out / "strips.png")
-    (out / "blackbox.md").write_text(markdown_table(summary))
+    table = markdown_table(summary)
+    if summary.get("calibrations"):
+        plot_calibration(summary["calibrations"], out / "calibration.png")
+        table += ("\n## Calibrated defenses (validation split; drops in points ± SE)\n\n"
+                  + calibration_markdown(summary["calibrations"]))
+    (out / "blackbox.md").write_text(table)
     return summary
 
 

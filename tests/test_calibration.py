@@ -98,3 +98,50 @@ def test_bracket_search_on_a_known_curve() -> None:
     assert not nothing.feasible and nothing.value == 0
     everything = bracket_search(lambda v: Cost(0.9, 0.9, 0.0, 0.0, 0.0, 0.0, 10), Tolerance(), 0.01, 1.0)
     assert everything.value == 0.64 and everything.next_value is None
+
+
+FAST = CalibrationConfig(tolerance=Tolerance(0.01, 0.01), repeats=2, refine_steps=2, seed=0)
+
+
+def test_blackbox_calibrates_parameterless_specs_only(demo_run: Path, tmp_path: Path) -> None:
+    """``rnd`` is calibrated (records carry params, tolerance, validation and test costs); ``rnd:nu=0.02``
+    means nu = 0.02; a resumed run reuses the stored calibration."""
+    from medshield.api import blackbox
+    from medshield.defenses.inference import DefenseSpec
+
+    specs = [DefenseSpec.parse(s) for s in ("none", "rnd", "rnd:nu=0.02")]
+    kwargs = dict(attacks=["hsja"], budgets=[60], n_images=1, defenses=specs, calibration=FAST)
+    summary = blackbox(demo_run, tmp_path, **kwargs)
+    (cal,) = summary["calibrations"]
+    assert cal["spec"] == "rnd" and cal["resolved"] == f"rnd:nu={cal['params']['nu']:g}"
+    by_spec = {r["defense_spec"]: r for r in summary["records"]}
+    assert set(by_spec) == {"none", "rnd:nu=0.02", cal["spec_label"]}
+    rec = by_spec[cal["spec_label"]]
+    assert rec["defense_params"] == cal["params"]
+    assert rec["calibration"]["tolerance"] == {"accuracy": 0.01, "sensitivity": 0.01}
+    assert set(rec["calibration"]["validation"]) >= {"accuracy_drop", "accuracy_drop_se", "sensitivity_drop"}
+    assert "test" in rec["calibration"]
+    assert "calibration" not in by_spec["rnd:nu=0.02"] and by_spec["rnd:nu=0.02"]["defense_params"] == {"nu": 0.02}
+    assert (tmp_path / "calibration.png").is_file() and "Calibrated defenses" in (tmp_path / "blackbox.md").read_text()
+    again = blackbox(demo_run, tmp_path, **kwargs)
+    assert again["calibrations"] == summary["calibrations"]
+
+
+def test_audit_calibrates_by_default_and_says_so(demo_run: Path, tmp_path: Path) -> None:
+    from medshield.api import audit
+    from medshield.campaign.config import CampaignConfig
+
+    cfg = CampaignConfig.model_validate({
+        "clean": {"bootstrap": 0}, "whitebox": {"enabled": False}, "transfer": {"enabled": False},
+        "detection": {"enabled": False}, "calibration": {"repeats": 2, "refine_steps": 2, "max_clean_drop": 0.02},
+        "blackbox": {"attacks": ["hsja"], "budgets": [60], "n_images": 1, "shard_size": 1, "defenses": ["none", "dnd"]}})
+    default = CampaignConfig()
+    assert default.calibration.enabled and all(not d.explicit for d in default.blackbox.defenses)  # calibrated by default
+    res = audit([str(demo_run)], tmp_path, config=cfg)
+    (cal,) = res["calibrations"]
+    assert cal["defense"] == "dnd" and cal["tolerance"] == {"accuracy": 0.02, "sensitivity": 0.02}
+    dnd = [r for r in res["blackbox"] if r["defense"] == "dnd"]
+    assert dnd and all(r["calibration"]["params"] == cal["params"] for r in dnd)
+    report = (tmp_path / "report.md").read_text()
+    assert "Calibrated defenses" in report and "evaluated calibrated" in report
+    assert (tmp_path / "calibration.png").is_file()

@@ -154,7 +154,7 @@ def test_plan_limits_sections_to_runs_and_defended_attacks(demo_run: Path, demo_
         "whitebox": {"attacks": ["fgsm"]}, "transfer": {"enabled": False}, "detection": {"enabled": False},
         "blackbox": {"attacks": ["hsja", "gbba"], "defenses": ["none", "rnd"], "n_images": 2, "shard_size": 2,
                      "defended_attacks": ["hsja"], "runs": [demo_run2.name]},
-        "defenses": {"enabled": True, "defenses": ["at"], "runs": [demo_run.name]}})
+        "defenses": {"enabled": True, "defenses": ["at"], "runs": [demo_run.name]}, "calibration": {"enabled": False}})
     keys = [j.key for j in plan(cfg, [str(demo_run), str(demo_run2)], "demo", None, tmp_path)]
     assert f"whitebox|{demo_run.name}|fgsm" in keys and f"whitebox|{demo_run2.name}|fgsm" in keys
     blackbox = [k for k in keys if k.startswith("blackbox|")]

@@ -25,9 +25,13 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
     configuration) and ``timings.json``; returns the results. ``command`` is the command line that
     reproduces the audit (shown in the report's annex; by default a ``medshield audit`` line). A folder holding results of other inputs is refused
     (``overwrite=True`` recomputes those jobs)."""
+    max_clean_drop = overrides.pop("max_clean_drop", None)
     cfg = config if isinstance(config, CampaignConfig) else load_config(config, **overrides)
     if isinstance(config, CampaignConfig) and overrides:
         cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    if max_clean_drop is not None:
+        cfg = cfg.model_copy(update={"calibration": cfg.calibration.model_validate(
+            {**cfg.calibration.model_dump(), "max_clean_drop": max_clean_drop})})
     out = Path(out)
     data = str(data_dir) if data_dir is not None else None
     res = run_campaign(cfg, runs, out, dataset, data, overwrite=overwrite)

@@ -18,6 +18,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerial
 from medshield.defenses.inference import DefenseSpec
 from medshield.errors import MedShieldError
 from medshield.evaluation.blackbox import BlackboxConfig
+from medshield.evaluation.calibration import CalibrationConfig, Tolerance
 from medshield.evaluation.defense import EVAL_ATTACKS
 from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
 from medshield.types import EPS, EPS_GRID, Norm, eps_label, parse_budgets, parse_eps_value, split_list
@@ -119,6 +120,8 @@ class TrainingDefenseSpec(Section):
     epochs: int = Field(3, ge=1)
     eval_attacks: NameList = list(EVAL_ATTACKS)
     eval_n: int | None = 500
+    noise_sigma: float | None = Field(0.05, ge=0, description="noise std of ant/noise training; null = calibrated to "
+                                                             "the calibration tolerance (short fine-tunes per candidate)")
     runs: list[str] | None = Field(None, description="run folder names this section covers; null = every model")
 
 
@@ -143,6 +146,25 @@ class MultilabelSpec(Section):
         if bad or not value:
             raise ValueError(f"modes must be hide and/or add, got {value}")
         return value
+class CalibrationSpec(Section):
+    """Noise defenses given without parameters (``rnd``, ``dnd``; ``noise``/``ant`` training sigma) are
+    calibrated: the largest noise whose validation cost stays within these drops. ``enabled: false``
+    gives them the registry's fixed defaults instead."""
+
+    max_clean_drop: float = Field(0.01, ge=0, lt=1, description="tolerated drop in clean accuracy on the "
+                                                                "validation split (0.01 = 1 point)")
+    max_sensitivity_drop: float | None = Field(None, ge=0, lt=1, description="tolerated drop in sensitivity; "
+                                                                             "null = max_clean_drop")
+    repeats: int = Field(5, ge=1, description="noisy passes over the validation split per setting")
+    refine_steps: int = Field(6, ge=0, description="bisection steps after bracketing the crossing")
+    sigma_epochs: int = Field(1, ge=1, description="fine-tuning epochs per candidate sigma (training defenses)")
+
+    def settings(self, seed: int) -> CalibrationConfig | None:
+        """The typed calibration settings (None when disabled)."""
+        if not self.enabled:
+            return None
+        return CalibrationConfig(tolerance=Tolerance.of(self.max_clean_drop, self.max_sensitivity_drop),
+                                 repeats=self.repeats, refine_steps=self.refine_steps, seed=seed)
 
 
 class CampaignConfig(BaseModel):
@@ -159,6 +181,7 @@ class CampaignConfig(BaseModel):
     detection: DetectionSpec = DetectionSpec()
     defenses: TrainingDefenseSpec = TrainingDefenseSpec()
     multilabel: MultilabelSpec = MultilabelSpec()
+    calibration: CalibrationSpec = CalibrationSpec()
     executor: str = Field("local", pattern="^(local|ray)$")
     workers: int = Field(1, ge=1)
     address: str | None = None

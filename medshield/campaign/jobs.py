@@ -15,6 +15,7 @@ from medshield.attacks import create_attack
 from medshield.attacks.decision import model_label_fn
 from medshield.defenses.inference import DefenseSpec
 from medshield.evaluation.blackbox import BlackboxConfig, run_job
+from medshield.evaluation.calibration import CalibrationConfig, calibrate_dataset
 from medshield.evaluation.checks import is_randomised
 from medshield.evaluation.defended import defended_clean_metrics
 from medshield.evaluation.detection import DetectionConfig, run_detection
@@ -171,6 +172,14 @@ def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def calibration_job(run: str, dataset: str | None, data_dir: str | None, defense: DefenseSpec, settings: dict[str, Any],
+                    device: str = "cpu") -> dict[str, Any]:
+    """Calibrate a parameter-less noise defense on the run's validation split (cost also measured on
+    the test split): the record names the chosen setting (``resolved``) and the searched curve."""
+    model, ds = _load(run, dataset, data_dir, device)
+    return calibrate_dataset(model, ds, defense, CalibrationConfig.from_dict(settings), ref_name(run))
+
+
 def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int,
                        defense: DefenseSpec, device: str = "cpu") -> dict[str, Any]:
     """What an inference-time defense (a spec such as ``rnd:nu=0.04``) costs on the clean split:
@@ -183,9 +192,11 @@ def defended_clean_job(run: str, dataset: str | None, data_dir: str | None, spli
 def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, defense: str, base_run: str,
                          out: str, train_attack: str, train_eps: float, train_steps: int, epochs: int,
                          eval_attacks: list[str], eval_n: int | None, eval_eps: float, device: str = "cpu",
-                         train_source: str = "online") -> list[dict[str, Any]]:
+                         train_source: str = "online", noise_sigma: float | None = 0.05,
+                         calibration: dict[str, Any] | None = None, sigma_epochs: int = 1) -> list[dict[str, Any]]:
     """Fine-tune ``base_run`` with a training-time defense and evaluate it white-box (resumes its training).
-    ``train_source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained."""
+    ``train_source="fixed"``: the adversarials come from ``base_run`` itself, not from the model being trained;
+    ``noise_sigma`` None calibrates the noise of ``noise``/``ant`` to ``calibration`` (settings dict)."""
     info = run_info(base_run)
     model_name = info["model"]["name"]
     resume = (Path(out) / "state").exists()
@@ -194,7 +205,8 @@ def training_defense_job(dataset: str | None, data_dir: str | None, seed: int, d
         train_attack=train_attack, train_eps=train_eps, train_steps=train_steps, init_from=base_run,
         source=train_source, source_run=base_run if train_source == "fixed" else None,
         train_config=TrainConfig(epochs=epochs, seed=seed, device=device), eval_attacks=eval_attacks,
-        eval_eps=[eval_eps], eval_n=eval_n, resume=resume, overwrite=not resume)
+        eval_eps=[eval_eps], eval_n=eval_n, resume=resume, overwrite=not resume, noise_sigma=noise_sigma,
+        calibration=CalibrationConfig.from_dict(calibration) if calibration else None, sigma_epochs=sigma_epochs)
     write_whitebox_report(whitebox, Path(out) / "eval")
     return [{"base_run": Path(base_run).name, **r} for r in records]
 

@@ -10,6 +10,7 @@ not; times go to ``OUT/timings.json``.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -19,10 +20,12 @@ from medshield.attacks import ATTACKS, create_attack
 from medshield.attacks.decision import DECISION_ATTACKS, model_label_fn
 from medshield.campaign.config import CampaignConfig
 from medshield.campaign.identity import with_identity
-from medshield.campaign.jobs import _load, _load_target, derived_seed, split_timings
+from medshield.campaign.jobs import _load, _load_target, calibration_job, split_timings
+from medshield.defenses.inference import DefenseSpec
 from medshield.defenses.training import TRAINING_DEFENSES
 from medshield.errors import MedShieldError
 from medshield.evaluation.blackbox import BlackboxConfig, select_images, summarise
+from medshield.evaluation.calibration import calibration_summary, needs_calibration
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.whitebox import GRID_EXAMPLES, grid_choice, save_grid_examples, worst_case
@@ -79,12 +82,32 @@ def validate(cfg: CampaignConfig) -> None:
         TRAINING_DEFENSES.get(name)
 
 
-def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: str | None, out: Path) -> list[Job]:
-    """Every job of the campaign, in a stable order with stable keys."""
+def calibration_jobs(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: str | None) -> list[Job]:
+    """One job per (model, black-box defense given without its noise parameters): the calibration the
+    black-box jobs of that defense are planned from (see :mod:`medshield.evaluation.calibration`)."""
+    settings = cfg.calibration.settings(cfg.seed)
+    if settings is None or not cfg.blackbox.enabled:
+        return []
+    key = json.dumps(settings.to_dict(), sort_keys=True, separators=(",", ":"))
+    return [Job(f"calibration|{_name(run)}|{spec}|{key}", f"{JOBS}:calibration_job",
+                {"run": run, "dataset": dataset, "data_dir": data_dir, "defense": spec, "settings": settings.to_dict(),
+                 **_device(cfg)})
+            for run in runs if covers(cfg.blackbox.runs, run) and not is_multilabel(run)
+            for spec in cfg.blackbox.defenses if needs_calibration(spec.name, spec.explicit)]
+
+
+def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: str | None, out: Path,
+         calibrations: list[dict[str, Any]] | None = None) -> list[Job]:
+    """Every job of the campaign, in a stable order with stable keys: the calibrations first, then the
+    rest with calibrated defenses resolved to their chosen setting (``calibrations`` are the
+    calibration jobs' outputs when already run; otherwise they are computed here)."""
     base = {"dataset": dataset, "data_dir": data_dir, "split": cfg.split, "seed": cfg.seed, **_device(cfg)}
-    jobs: list[Job] = []
     multi = [r for r in runs if is_multilabel(r)]
     runs = [r for r in runs if r not in multi]
+    jobs: list[Job] = calibration_jobs(cfg, runs, dataset, data_dir)
+    if calibrations is None:
+        calibrations = [calibration_job(**j.kwargs) for j in jobs]
+    resolved = {(rec["run"], rec["spec"]): DefenseSpec.parse(rec["resolved"]) for rec in calibrations}
     for run in multi:
         jobs += _multilabel_jobs(cfg, run, base)
     for run in runs:
@@ -102,7 +125,7 @@ def plan(cfg: CampaignConfig, runs: list[str], dataset: str | None, data_dir: st
     jobs += _transfer_jobs(cfg, runs, base)
     if cfg.blackbox.enabled or cfg.detection.enabled:
         for run in runs:
-            jobs += _blackbox_jobs(cfg, run, base)
+            jobs += _blackbox_jobs(cfg, run, base, resolved)
     if cfg.defenses.enabled:
         jobs += _training_defense_jobs(cfg, runs, base, out)
     return with_identity(jobs)
@@ -160,12 +183,14 @@ def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int
     return select_images(model_label_fn(model), ds.split(cfg.split), n, cfg.seed).tolist()
 
 
-def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any]) -> list[Job]:
+def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any],
+                   resolved: dict[tuple[str, str], DefenseSpec] | None = None) -> list[Job]:
     bb, jobs = cfg.blackbox, []
     if bb.enabled and covers(bb.runs, run):
         idx = blackbox_indices(cfg, run, base, bb.n_images)
         shards = [idx[i:i + bb.shard_size] for i in range(0, len(idx), bb.shard_size)]
-        for defense in bb.defenses:
+        for requested in bb.defenses:
+            defense = (resolved or {}).get((_name(run), str(requested)), requested)
             jobs.append(Job(f"defended_clean|{_name(run)}|{defense}", f"{JOBS}:defended_clean_job",
                             {"run": run, **base, "defense": defense}))
             attacks = bb.attacks if bb.defended_attacks is None or defense.is_none \
@@ -191,13 +216,33 @@ def _training_defense_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str,
     def tag(defense: str) -> str:  # fixed-source fine-tunes are other models than the online ones
         return f"_fixed-{d.train_attacks.get(defense, d.train_attack)}" if d.source == "fixed" else ""
 
-    return [Job(f"defense|{_name(run)}|{defense}" + tag(defense).replace("_fixed", "|fixed", 1), f"{JOBS}:training_defense_job",
+    return [Job(f"defense|{_name(run)}|{defense}" + tag(defense).replace("_fixed", "|fixed", 1)
+                + _sigma_tag(_sigma(cfg, defense)), f"{JOBS}:training_defense_job",
                 {"dataset": base["dataset"], "data_dir": base["data_dir"], "seed": cfg.seed, "defense": defense,
                  "base_run": run, "out": str(out / "models" / f"{_name(run)}_{defense}{tag(defense)}"),
                  "train_attack": d.train_attacks.get(defense, d.train_attack), "train_source": d.source,
                  "train_eps": d.train_eps, "train_steps": d.train_steps, "epochs": d.epochs,
-                 "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg)})
+                 "eval_attacks": d.eval_attacks, "eval_n": d.eval_n, "eval_eps": cfg.transfer.eps, **_device(cfg),
+                 **_sigma(cfg, defense)})
             for run in runs if covers(d.runs, run) and is_run(run) for defense in d.defenses]
+
+
+def _sigma_tag(kwargs: dict[str, Any]) -> str:
+    """Job-key suffix for a non-default noise sigma (``|sigma=auto`` when calibrated)."""
+    if "noise_sigma" not in kwargs:
+        return ""
+    return "|sigma=auto" if kwargs["noise_sigma"] is None else f"|sigma={kwargs['noise_sigma']:g}"
+
+
+def _sigma(cfg: CampaignConfig, defense: str) -> dict[str, Any]:
+    """The noise-training arguments: none for the default explicit sigma (job arguments unchanged);
+    ``defenses.noise_sigma: null`` calibrates it (with the calibration section's tolerance)."""
+    d, settings = cfg.defenses, cfg.calibration.settings(cfg.seed)
+    if defense not in ("noise", "ant") or d.noise_sigma == 0.05:
+        return {}
+    if d.noise_sigma is None and settings is not None:
+        return {"noise_sigma": None, "calibration": settings.to_dict(), "sigma_epochs": cfg.calibration.sigma_epochs}
+    return {"noise_sigma": 0.05 if d.noise_sigma is None else d.noise_sigma}
 
 
 def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset: str | None = None,
@@ -215,8 +260,11 @@ def run_campaign(cfg: CampaignConfig, runs: list[str], out: str | Path, dataset:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = str(data_dir) if data_dir is not None else None
-    jobs = plan(cfg, runs, dataset, data_dir, out)
     store = RecordStore(out / "jobs.json", overwrite=overwrite)
+    calibrations = run_jobs(with_identity(calibration_jobs(cfg, runs, dataset, data_dir)), store, executor=cfg.executor,
+                            workers=cfg.workers, address=cfg.address, description="calibration",
+                            threads=cfg.threads_per_job)
+    jobs = plan(cfg, runs, dataset, data_dir, out, calibrations)
     outputs = run_jobs(jobs, store, executor=cfg.executor, workers=cfg.workers, address=cfg.address,
                        description="audit", threads=cfg.threads_per_job, gpus=cfg.gpus_per_job)
     results, timings, examples = assemble(cfg, jobs, outputs)
@@ -232,7 +280,7 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
     example images (per run) into the third value (stored beside ``audit.json`` as ``grid_examples.npz``)."""
     res: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "config": cfg.model_dump(exclude={"executor", "workers", "address", "gpus_per_job"}), "clean": [],
                            "whitebox": [], "transfer": [], "blackbox": [], "defended_clean": [], "detection": [],
-                           "defenses": [], "strips": {}}
+                           "defenses": [], "calibrations": [], "strips": {}}
     multilabel: dict[str, list[Any]] = {"mlclean": [], "mlwhitebox": [], "mlblackbox": []}
     timings: dict[str, Any] = {}
     examples: dict[str, dict[str, Any]] = {}
@@ -252,6 +300,8 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
             res[kind] += kept
         elif kind in multilabel:
             multilabel[kind] += kept if isinstance(kept, list) else [kept]
+        elif kind == "calibration":
+            res["calibrations"].append(kept)
         else:  # clean, defended_clean, detection: one record per job
             res[kind].append(kept)
     res["whitebox_worst_case"] = worst_case(res["whitebox"])
@@ -261,13 +311,15 @@ def assemble(cfg: CampaignConfig, jobs: list[Job], outputs: list[Any]) -> tuple[
     bb = cfg.blackbox
     bcfg = BlackboxConfig(attacks=bb.attacks, budgets=bb.budgets, defenses=bb.defenses, seed=cfg.seed, norm=str(bb.norm))
     costs = {(r["run"], r["defense"]): r for r in res["defended_clean"]}
-    specs = {str(d): d for d in bb.defenses}
+    specs = {str(d): d for d in bb.defenses} | {c["resolved"]: DefenseSpec.parse(c["resolved"]) for c in res["calibrations"]}
+    calibrated = {(c["run"], c["resolved"]): calibration_summary(c) for c in res["calibrations"]}
     for (run, attack, defense), parts in shards.items():
         parts.sort(key=lambda p: p["shard"])
         k = int(parts[0].get("adaptive_k", 1))
         for rec in summarise(attack, specs[defense], parts, replace(bcfg, adaptive_k=k), costs.get((run, defense))):
             kept, _ = split_timings(rec)
-            res["blackbox"].append({"run": run, **kept,
+            extra = {"calibration": calibrated[(run, defense)]} if (run, defense) in calibrated else {}
+            res["blackbox"].append({"run": run, **kept, **extra,
                                     "randomized_target": bool(parts[0].get("randomized_target", False))})
         res["strips"][f"{run}|{attack}|{defense}"] = {"index": parts[0]["indices"][0],
                                                       "image_shape": parts[0]["image_shape"],

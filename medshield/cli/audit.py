@@ -39,6 +39,9 @@ def audit(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the default campaign YAML and exit.")] = False,
     fail_on: FailOn = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute jobs whose stored results came from other inputs.")] = False,
+    max_clean_drop: Annotated[float | None, typer.Option("--max-clean-drop", help="Calibration tolerance for rnd/dnd "
+                                                         "without parameters (overrides calibration.max_clean_drop; "
+                                                         "0.01 = 1 point).")] = None,
 ) -> None:
     """One-command security audit: clean metrics, white-box, transfer, black-box with and without
     RND/DND, detection (and training defenses if the config asks); writes OUT/report.html, report.pdf,
@@ -52,7 +55,7 @@ def audit(
     models = refs(run, target, "--run RUN (a folder written by medshield train) or --target CARD")
     res = api.audit(split_list(models), out, dataset=dataset, data_dir=data_dir,
                     config=config, executor=executor, workers=workers, address=address, seed=seed,
-                    overwrite=overwrite)
+                    overwrite=overwrite, max_clean_drop=max_clean_drop)
     found = json.loads((out / "findings.json").read_text())
     emit({"report": str(out / "report.html"), "pdf": str(out / "report.pdf"), "markdown": str(out / "report.md"),
           "records": str(out / "audit.json"), "overall": found["overall"],

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from medshield import api
-from medshield.cli.common import (CommandGroup, DataDir, Device, Out, Overwrite, RunDataset, Seed, alias, emit, refs,
-                                  user_errors)
+from medshield.cli.common import (CommandGroup, DataDir, Device, MaxCleanDrop, Out, Overwrite, RunDataset, Seed, alias,
+                                  calibration_config, emit, refs, user_errors)
 from medshield.defenses.inference import DefenseSpec
 from medshield.evaluation.blackbox import BlackboxConfig
 from medshield.types import Norm, parse_budgets, split_list
@@ -44,10 +44,12 @@ def blackbox(
     device: Device = "cpu",
     seed: Seed = 0,
     overwrite: Overwrite = False,
+    max_clean_drop: MaxCleanDrop = 0.01,
     attack_old: Annotated[str | None, typer.Option("--attack", hidden=True)] = None,
     defense_old: Annotated[str | None, typer.Option("--defense", hidden=True)] = None,
 ) -> None:
-    """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table."""
+    """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table.
+    rnd/dnd without parameters are calibrated to --max-clean-drop on the validation split."""
     specs = [DefenseSpec.parse(d) for d in split_list(alias(defenses, defense_old, "none"))]
     budget_list = parse_budgets(budgets) if budgets else None
     if target and not target.startswith(("http://", "https://")):
@@ -56,7 +58,8 @@ def blackbox(
                            attacks=split_list(alias(attacks, attack_old, DEFAULT_ATTACKS)), budgets=budget_list,
                            n_images=n_images, defenses=specs, seed=seed, norm=Norm.parse(norm), target=target,
                            api_key=api_key, batch_size=batch_size, adaptive_k=adaptive, device=device,
-                           surrogate=surrogate, overwrite=overwrite)
+                           surrogate=surrogate, overwrite=overwrite,
+                           calibration=calibration_config(max_clean_drop, seed))
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

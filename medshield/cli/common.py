@@ -22,10 +22,14 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from medshield.errors import MedShieldError, removed_on_user_error
+from medshield.evaluation.calibration import CalibrationConfig, Tolerance
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
+MaxCleanDrop = Annotated[float, typer.Option("--max-clean-drop", help="Calibration tolerance for rnd/dnd given without "
+                                             "parameters: largest accepted drop in clean accuracy and in sensitivity "
+                                             "on the validation split (0.01 = 1 point).")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data root (default $MEDSHIELD_DATA).")]
 Dataset = Annotated[str, typer.Option("--dataset", help="demo, pneumoniamnist, breastmnist, chest_xray, ...")]
 RunDataset = Annotated[str | None, typer.Option("--dataset", help="Defaults to the run's dataset.")]
@@ -62,6 +66,11 @@ def user_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def calibration_config(max_clean_drop: float, seed: int) -> CalibrationConfig:
+    """The calibration settings from the CLI options (one tolerance for accuracy and sensitivity)."""
+    return CalibrationConfig(tolerance=Tolerance.of(max_clean_drop), seed=seed)
 
 
 def check_level(level: str | None) -> None:

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from medshield import api
-from medshield.cli.common import (CommandGroup, DataDir, Dataset, Device, RunDataset, Seed, Split, TargetOpt, alias,
-                                  emit, refs, user_errors)
+from medshield.cli.common import (CommandGroup, DataDir, Dataset, Device, MaxCleanDrop, RunDataset, Seed, Split, TargetOpt,
+                                  alias, calibration_config, emit, refs, user_errors)
 from medshield.defenses.inference import defense_parameters
 from medshield.errors import MedShieldError
 from medshield.evaluation.defense import EVAL_ATTACKS
@@ -39,7 +39,9 @@ def defend(
     source_run: Annotated[Path | None, typer.Option(help="Pre-trained run attacked when --source fixed.")] = None,
     init_from: Annotated[Path | None, typer.Option(help="Start from this run's weights (fine-tune).")] = None,
     noise_mean: Annotated[float, typer.Option(help="Gaussian noise mean (ant, noise).")] = 0.0,
-    noise_sigma: Annotated[float, typer.Option(help="Gaussian noise std (ant, noise).")] = 0.05,
+    noise_sigma: Annotated[float | None, typer.Option(help="Gaussian noise std (ant, noise); default: calibrated to "
+                                                      "--max-clean-drop when fine-tuning (--init-from), else 0.05.")] = None,
+    max_clean_drop: MaxCleanDrop = 0.01,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
@@ -62,7 +64,8 @@ def defend(
                          train_eps=parse_eps_value(train_eps), train_steps=train_steps, source=source,
                          source_run=source_run, init_from=init_from, noise_mean=noise_mean, noise_sigma=noise_sigma,
                          train_config=cfg, eval_attacks=split_list(eval_attacks), eval_eps=parse_eps(eval_eps),
-                         eval_n=alias(n_images, eval_n_old), resume=resume, overwrite=overwrite)
+                         eval_n=alias(n_images, eval_n_old), resume=resume, overwrite=overwrite,
+                         calibration=calibration_config(max_clean_drop, seed))
     emit([{k: r[k] for k in ("label", "eval_attack", "eps_label", "clean_accuracy", "robust_accuracy")} for r in records])
 
 

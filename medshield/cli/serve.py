@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medshield.cli.common import CommandGroup, Seed, alias, user_errors
+from medshield.cli.common import CommandGroup, DataDir, MaxCleanDrop, Seed, alias, calibration_config, user_errors
 from medshield.defenses.inference import DefenseSpec
 
 group = CommandGroup("Serving")
@@ -38,10 +38,13 @@ def serve(
     per_worker_limits: Annotated[bool, typer.Option("--per-worker-limits", help="Accept per-worker budgets with --workers > 1 and --state memory.")] = False,
     state: Annotated[str, typer.Option("--state", help="Where budgets, blocks, detector history and the audit log live: an SQLite file (shared by workers and restarts), redis://HOST:PORT or memory.")] = "medshield-state.db",
     trusted_proxies: Annotated[str | None, typer.Option("--trusted-proxies", help="Comma list of proxy addresses/networks whose X-Forwarded-For is believed (default: none).")] = None,
+    data_dir: DataDir = None,
+    max_clean_drop: MaxCleanDrop = 0.01,
     seed: Seed = 0,
     budget_old: Annotated[int | None, typer.Option("--budget", hidden=True)] = None,
 ) -> None:
-    """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs)."""
+    """Serve a trained model over HTTP (POST /v1/predict, GET /v1/model, GET /v1/health, /docs). A defense
+    without parameters (rnd, dnd) is calibrated to --max-clean-drop on the run's validation split first."""
     spec = DefenseSpec.parse(":".join([defense, *(defense_param or [])]))
     # the server extra (fastapi, uvicorn) is optional: loaded only when serving, so every other command
     # works without it
@@ -51,4 +54,5 @@ def serve(
                   detector=detector, detector_threshold=detector_threshold, on_flag=on_flag, api_keys=api_keys,
                   budget=alias(key_budget, budget_old), rate=rate, burst=burst, allow_scores=allow_scores,
                   audit_log=audit_log, max_batch=max_batch, max_request_bytes=int(max_request_mb * (1 << 20)),
-                  seed=seed, state=state, trusted_proxies=trusted_proxies)
+                  seed=seed, state=state, trusted_proxies=trusted_proxies, data_dir=data_dir,
+                  calibration=calibration_config(max_clean_drop, seed))

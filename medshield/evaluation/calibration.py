@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from medshield.data import Dataset
-from medshield.defenses.inference import INFERENCE_DEFENSES
+from medshield.defenses.inference import INFERENCE_DEFENSES, DefenseSpec
 from medshield.errors import MedShieldError
 from medshield.models.bounded import predict, predict_labels
 from medshield.models.train import BatchHook, TrainConfig, train_model
@@ -309,15 +309,26 @@ def calibrate_training_sigma(base: nn.Module, ds: Dataset, make_hook: Callable[[
     return record
 
 
-def calibrate_dataset(model: nn.Module, ds: Dataset, defense: str, given: dict[str, float], cfg: CalibrationConfig,
+def calibrate_dataset(model: nn.Module, ds: Dataset, defense: DefenseSpec, cfg: CalibrationConfig,
                       run: str | None = None) -> dict[str, Any]:
     """:func:`calibrate_inference` on ``ds``'s validation split, its cost measured on the test split;
-    the record names the ``run`` and the resolved spec (``rnd:nu=0.01559``)."""
+    the record names the ``run``, the requested ``spec`` and the resolved ``spec_label``."""
     val, test = ds.split("val"), ds.split("test")
-    rec = calibrate_inference(model, val.images(), val.labels, ds.positive_class, defense, given, cfg,
+    rec = calibrate_inference(model, val.images(), val.labels, ds.positive_class, defense.name, defense.explicit, cfg,
                               test=(test.images(), test.labels))
-    resolved = ":".join([defense, *(f"{k}={v:g}" for k, v in rec["params"].items())])
-    return {"run": run, "resolved": resolved, **rec}
+    resolved = DefenseSpec.of(defense.name, **rec["params"])
+    return {"run": run, "spec": str(defense), "resolved": str(resolved), "spec_label": resolved.label(), **rec}
+
+
+def resolve_defense(model: nn.Module, ds: Dataset, defense: DefenseSpec, cfg: CalibrationConfig | None,
+                    run: str | None = None) -> tuple[DefenseSpec, dict[str, Any] | None]:
+    """The spec to evaluate and its calibration record: a calibrated defense whose noise parameters
+    are not all given is calibrated (``cfg`` None turns calibration off: registry defaults); explicit
+    parameters are used as they are (no record)."""
+    if cfg is None or not needs_calibration(defense.name, defense.explicit):
+        return defense, None
+    rec = calibrate_dataset(model, ds, defense, cfg, run)
+    return DefenseSpec.of(defense.name, **rec["params"]), rec
 
 
 def calibration_summary(record: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ and the HTTP server) and the campaign jobs both call these; they write records, 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import time
@@ -17,10 +18,13 @@ import torch
 
 from medshield.attacks import ATTACKS
 from medshield.data import Dataset, load_dataset
+from medshield.defenses.inference import DefenseSpec
 from medshield.defenses.training import build_training_hook
 from medshield.errors import MedShieldError
+from medshield.evaluation.calibration import (CalibrationConfig, calibrate_dataset, calibrate_training_sigma,
+                                              calibration_summary, needs_calibration, resolve_defense)
 from medshield.evaluation.defense import EVAL_ATTACKS, defense_records
-from medshield.evaluation.identity import data_identity, model_fingerprint
+from medshield.evaluation.identity import data_identity, job_identity, model_fingerprint
 from medshield.evaluation.store import RecordStore
 from medshield.evaluation.whitebox import (GRID_EXAMPLES, WHITEBOX_ATTACKS, WhiteboxJob, grid_choice, grid_examples,
                                            run_whitebox, save_grid_examples)
@@ -246,7 +250,7 @@ def train_defended(
     source_run: str | Path | None = None,
     init_from: str | Path | None = None,
     noise_mean: float = 0.0,
-    noise_sigma: float = 0.05,
+    noise_sigma: float | None = None,
     train_config: TrainConfig | None = None,
     eval_attacks: Sequence[str] = EVAL_ATTACKS,
     eval_eps: Sequence[float] = (EPS,),
@@ -254,15 +258,26 @@ def train_defended(
     pgd_restarts: int = 3,
     resume: bool = False,
     overwrite: bool = False,
+    calibration: CalibrationConfig | None = CalibrationConfig(),
+    sigma_epochs: int = 1,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Train a defended model (``at``, ``ant``, ``noise`` or ``none``) and evaluate it white-box against
     every attack (PGD with restarts included) into ``OUT/eval``; writes the run plus ``OUT/defense.json``.
+    Without ``noise_sigma``, ``noise``/``ant`` fine-tuning from ``init_from`` calibrate it to
+    ``calibration``'s tolerance (:func:`training_sigma`); from scratch they use sigma = 0.05.
     Returns the defense records and the white-box records (for a report)."""
+    train_config = train_config or TrainConfig()
+    sigma_record = sigma_summary = None
+    if noise_sigma is None:
+        noise_sigma, sigma_record = training_sigma(dataset, out, defense, data_dir, train_attack, train_eps,
+                                                   train_steps, norm, init_from, noise_mean, train_config,
+                                                   calibration, sigma_epochs, resume)
+        sigma_summary = sigma_record and (calibration_summary(sigma_record) if "curve" in sigma_record else sigma_record)
     hook_spec = {"defense": defense, "train_attack": train_attack if defense in ("at", "ant") else None,
                  "train_eps": train_eps, "train_steps": train_steps, "norm": str(norm), "source": source,
                  "source_run": str(source_run) if source_run else None, "init_from": str(init_from) if init_from else None,
-                 "noise_mean": noise_mean, "noise_sigma": noise_sigma}
-    train_config = train_config or TrainConfig()
+                 "noise_mean": noise_mean, "noise_sigma": noise_sigma,
+                 **({"sigma_calibration": sigma_summary} if sigma_summary else {})}
     fixed = load_run(Path(source_run), train_config.device)[0] if source == "fixed" and source_run else None
     hook = build_training_hook(defense, train_attack, train_eps, norm=norm, steps=train_steps, source=source,
                                fixed_model=fixed, mean=noise_mean, sigma=noise_sigma)
@@ -278,5 +293,91 @@ def train_defended(
                                    attack_kwargs={"pgd": {"restarts": pgd_restarts, "steps": 20}}, grid=False,
                                    device=train_config.device)
     records = defense_records(whitebox, hook_spec, metrics)
+    if sigma_record and "curve" in sigma_record:
+        write_json(out / "sigma_calibration.json", sigma_record)
+    if sigma_summary:
+        records = [{**r, "noise_sigma": noise_sigma, "sigma_calibration": sigma_summary} for r in records]
     write_json(out / "defense.json", records)
     return records, whitebox
+
+
+NOISE_SIGMA = 0.05
+"""The noise-training sigma where it is not calibrated (training from scratch)."""
+
+
+def training_sigma(dataset: str, out: str | Path, defense: str, data_dir: str | Path | None, train_attack: str,
+                   eps: float, train_steps: int | None, norm: Norm, init_from: str | Path | None, noise_mean: float,
+                   train_config: TrainConfig, calibration: CalibrationConfig | None, sigma_epochs: int,
+                   resume: bool) -> tuple[float, dict[str, Any] | None]:
+    """The sigma of ``noise``/``ant`` training when none is given: calibrated on the validation split by
+    short fine-tunes of ``init_from`` (:func:`medshield.evaluation.calibration.calibrate_training_sigma`;
+    :func:`train_defended` writes the record to ``OUT/sigma_calibration.json``; a resumed run reuses the
+    summary in its ``config.json``), else 0.05."""
+    if defense not in ("noise", "ant") or init_from is None or calibration is None:
+        return NOISE_SIGMA, None
+    previous = Path(out) / CONFIG_FILE
+    if resume and previous.is_file() and "sigma_calibration" in read_json(previous).get("defense", {}):
+        spec = read_json(previous)["defense"]
+        return spec["noise_sigma"], spec["sigma_calibration"]  # the interrupted run's calibration (summary)
+    base, config = load_run(Path(init_from), train_config.device)
+    ds = load_dataset(dataset, data_dir, **{**data_options(config), "seed": train_config.seed})
+
+    def make_hook(sigma: float) -> BatchHook:
+        return build_training_hook(defense, train_attack, eps, norm=norm, steps=train_steps, mean=noise_mean, sigma=sigma)
+
+    short = TrainConfig(**{**train_config.__dict__, "epochs": sigma_epochs})
+    rec = calibrate_training_sigma(base, ds, make_hook, short, calibration)
+    return rec["value"], rec
+
+
+def calibrate_defenses(model: torch.nn.Module, ds: Dataset, specs: Sequence[DefenseSpec],
+                       calibration: CalibrationConfig | None, out: Path, run: str,
+                       identity: dict[str, Any] | None = None,
+                       overwrite: bool = False) -> tuple[list[DefenseSpec], list[dict[str, Any]]]:
+    """Resolve parameter-less noise defenses to their calibrated setting (see
+    :mod:`medshield.evaluation.calibration`); calibrations are kept in ``OUT/jobs.json`` so a resumed
+    run reuses them, only for the same model and data (``identity``). Returns the specs to evaluate and
+    the calibration records."""
+    resolved, records = [], []
+    store = RecordStore(Path(out) / "jobs.json", overwrite=overwrite)
+    for spec in specs:
+        if calibration is None or not needs_calibration(spec.name, spec.explicit):
+            resolved.append(spec)
+            continue
+        key = f"calibration|{spec}|{json.dumps(calibration.to_dict(), sort_keys=True)}"
+        inputs = None if identity is None else job_identity(**identity, defense=str(spec),
+                                                             calibration=calibration.to_dict())
+        rec = store.get_or_run(key, lambda: calibrate_dataset(model, ds, spec, calibration, run), inputs)
+        resolved.append(DefenseSpec.parse(rec["resolved"]))
+        records.append(rec)
+    return resolved, records
+
+
+def attach_calibrations(records: list[dict[str, Any]], calibrations: list[dict[str, Any]]) -> None:
+    """Give each black-box record of a calibrated defense its ``calibration`` (chosen params, tolerance,
+    validation and test costs), matched by the full spec label."""
+    by_label = {c["spec_label"]: calibration_summary(c) for c in calibrations}
+    for rec in records:
+        if rec.get("defense_spec") in by_label:
+            rec["calibration"] = by_label[rec["defense_spec"]]
+
+
+def serving_defense(run: str | Path, spec: DefenseSpec | None, data_dir: str | Path | None,
+                    calibration: CalibrationConfig | None) -> DefenseSpec | None:
+    """The defense to serve: ``rnd``/``dnd`` without parameters are calibrated once, before serving,
+    on the run's validation split (so every worker serves the same setting); explicit ones as given."""
+    if spec is None or calibration is None or not needs_calibration(spec.name, spec.explicit):
+        return spec
+    try:
+        model, ds, _ = load_run_and_data(run, None, data_dir)
+    except MedShieldError as exc:
+        raise MedShieldError(f"calibrating --defense {spec} needs the run's validation data (--data-dir), or give its "
+                             f"parameters (e.g. rnd:nu=0.02): {exc}") from exc
+    resolved, rec = resolve_defense(model, ds, spec, calibration, Path(run).name)
+    if rec is not None:
+        val, test = rec["validation"], rec.get("test", {})
+        log.warning("serving %s calibrated to <= %g accuracy / %g sensitivity drop on the validation split: %s "
+                    "(validation drop %.4f / %.4f, test %.4f / %.4f)", spec, rec["tolerance"]["accuracy"],
+                    rec["tolerance"]["sensitivity"], resolved, val["accuracy_drop"], val["sensitivity_drop"],
+                    test.get("accuracy_drop", float("nan")), test.get("sensitivity_drop", float("nan")))
+    return resolved

@@ -26,6 +26,7 @@ from medshield.report.plots import heatmap
 from medshield.report.severity import (LEVELS, RANK, THREATS, WORD, Finding, findings, overall)
 from medshield.report.whitebox import draw_grid
 from medshield.targets import ref_name
+from medshield.report.calibration_plot import calibration_section, plot_calibration
 
 
 def pct(v: float | None) -> str:
@@ -422,8 +423,8 @@ def sections(res: dict[str, Any], figures: dict[str, Path], provenance: Mapping[
     details: list[Section | None] = [clean_section(res) if res.get("clean") else None, multilabel_section(res)]
     if res.get("whitebox"):
         details.append(whitebox_section(res, figures))
-    details += [transfer_section(res, figures), blackbox_section(res, figures, names), detection_section(res),
-                defenses_section(res, figures, names)]
+    details += [transfer_section(res, figures), blackbox_section(res, figures, names), calibration_section(res, figures),
+                detection_section(res), defenses_section(res, figures, names)]
     return [summary_section(res, found, names), *findings_sections(res, found, figures),
             *[s for s in details if s is not None], annex_section(res, found, provenance), method_section(res)]
 
@@ -483,6 +484,8 @@ def make_figures(res: dict[str, Any], out: Path, runs: Sequence[str],
         summary = strip_summary(res, ref_name(runs[0]))
         if summary:
             figs["strips"] = plot_strips(summary, out / "strips.png")
+    if res.get("calibrations"):
+        figs["calibration"] = plot_calibration(res["calibrations"], out / "calibration.png")
     if res["defenses"]:
         recs = [{**r, "label": f"{r['base_run']} {r['defense']}"} for r in res["defenses"]]
         figs["defense_bars"] = defense_bars(recs, out / "defense_bars.png")

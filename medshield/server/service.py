@@ -18,6 +18,8 @@ from medshield.defenses.detection import StreamDetector
 from medshield.defenses.inference import DefenseSpec
 from medshield.defenses.limits import QueryLimiter
 from medshield.errors import MedShieldError
+from medshield.evaluation.calibration import CalibrationConfig
+from medshield.evaluation.services import serving_defense
 from medshield.models import load_run
 from medshield.server.app import UVICORN_OPTIONS, ServeConfig, check_port, create_app, parse_networks
 from medshield.server.auth import KeyStore
@@ -82,12 +84,15 @@ def _spec_json(spec: DefenseSpec | None) -> dict[str, Any] | None:
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          per_worker_limits: bool = False, log_level: str = "info", **options: Any) -> None:
+          per_worker_limits: bool = False, log_level: str = "info", data_dir: str | Path | None = None,
+          calibration: CalibrationConfig | None = CalibrationConfig(), **options: Any) -> None:
     """Run the HTTP service with uvicorn. Budgets, rate limits, blocks and detector history live in
     ``options["state"]`` (an SQLite file or Redis, shared by the workers); with ``state="memory"`` and
     ``workers > 1`` a key could get up to ``workers`` times its budget: refused unless
     ``per_worker_limits`` accepts that. Proxy headers are read by the app, only from
-    ``trusted_proxies`` (uvicorn's own proxy-header handling is off)."""
+    ``trusted_proxies`` (uvicorn's own proxy-header handling is off). A parameter-less ``rnd``/``dnd``
+    defense is first calibrated on the run's validation split (:func:`serving_defense`), once, so every
+    worker serves the same setting."""
     check_port(port)
     if workers < 1:
         raise MedShieldError(f"--workers must be >= 1, got {workers}")
@@ -98,6 +103,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
                              f"could get {workers}x its budget; use --workers 1 or pass --per-worker-limits")
     if host not in LOOPBACK:
         log.warning("serving on %s: API keys travel in plain HTTP; put a TLS-terminating proxy in front", host)
+    options["defense"] = serving_defense(run, options.get("defense"), data_dir, calibration)
     if workers == 1:
         app = build_server_app(run, **options)
         uvicorn.run(app, host=host, port=port, log_level=log_level, **UVICORN_OPTIONS)
