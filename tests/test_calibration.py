@@ -145,3 +145,25 @@ def test_audit_calibrates_by_default_and_says_so(demo_run: Path, tmp_path: Path)
     report = (tmp_path / "report.md").read_text()
     assert "Calibrated defenses" in report and "evaluated calibrated" in report
     assert (tmp_path / "calibration.png").is_file()
+
+
+def test_serving_defense_calibrates_once_before_serving(demo_run: Path) -> None:
+    from medshield.api import serving_defense
+    from medshield.defenses.inference import DefenseSpec
+
+    explicit = DefenseSpec.parse("dnd:m=0.01:n=0.5")
+    assert serving_defense(demo_run, explicit, None, FAST) is explicit
+    assert serving_defense(demo_run, DefenseSpec.parse("rnd"), None, None) == DefenseSpec.parse("rnd")
+    served = serving_defense(demo_run, DefenseSpec.parse("rnd"), None, FAST)
+    assert served.name == "rnd" and set(served.explicit) == {"nu"} and served.explicit["nu"] > 0
+
+
+def test_cli_rejects_a_bad_tolerance(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medshield.cli import app
+
+    r = CliRunner().invoke(app, ["blackbox", "--run", str(tmp_path), "--defense", "rnd", "--max-clean-drop", "5",
+                                 "--out", str(tmp_path / "bb")])
+    err = r.stderr if hasattr(r, "stderr") else r.output
+    assert r.exit_code == 2 and err.startswith("error:") and "fraction in [0, 1)" in err
