@@ -15,12 +15,6 @@ from medshield.cli import app
 from server_helpers import KEY
 
 runner = CliRunner()
-# eps parsing and its range checks are issue 18's (typed specs parsed at the edge); until they are in,
-# an out-of-range eps would start a real attack, so these cases wait for them
-import medshield.types as _types  # noqa: E402
-
-EPS_SPECS = pytest.mark.skipif(not hasattr(_types, "parse_eps_value"),
-                               reason="eps range checks arrive with issue 18 stage 1 (typed specs)")
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +102,12 @@ def test_blackbox_target_at_a_closed_port(tmp_path: Path) -> None:
                     "--out", str(tmp_path / "bb")], "cannot reach")
 
 
-@EPS_SPECS
 @pytest.mark.parametrize("eps", ["1/0", "2", "0", "-1/255", "nan"])
 def test_eps_out_of_range_or_unparseable_cli(tmp_path: Path, run_dir: Path, eps: str) -> None:
     one_error_line(["attack", "--run", str(run_dir), "--dataset", "demo", "--attack", "fgsm", "--eps", eps, "--n", "2",
                     "--out", str(tmp_path / "a")], "eps")
 
 
-@EPS_SPECS
 @pytest.mark.parametrize("eps", ["1/0", "2"])
 def test_eps_out_of_range_or_unparseable_yaml(tmp_path: Path, run_dir: Path, eps: str) -> None:
     cfg = tmp_path / "c.yaml"
