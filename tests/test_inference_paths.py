@@ -113,3 +113,27 @@ def test_paths_keep_test_set_labels(pneumonia: tuple[torch.nn.Module, torch.Tens
     else:
         assert agree == 1.0
         assert isinstance(checked_inference_path(model, spec, test), InferencePath)
+
+
+def test_a_remote_model_is_never_swept_for_its_batch_size() -> None:
+    """A module that answers over the network gets exactly the rows asked for: no throughput probes."""
+    import torch
+    from torch import nn
+
+    from medshield.attacks.decision import model_label_fn
+
+    class Remote(nn.Module):
+        sends_queries = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+            self.rows = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.rows += x.shape[0]
+            return torch.stack([x.flatten(1).mean(1), 1 - x.flatten(1).mean(1)], 1)
+
+    net = Remote()
+    model_label_fn(net)(torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert net.rows == 10

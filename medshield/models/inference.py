@@ -91,6 +91,13 @@ def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[
     return cache[key]
 
 
+def sends_queries(model: nn.Module) -> bool:
+    """Whether a module answers over the network (a remote target marks itself ``sends_queries = True``):
+    a throughput sweep would send probe images to the live service, spending its query budget and
+    showing up in its logs, so such a model keeps a fixed batch and is never swept."""
+    return any(getattr(m, "sends_queries", False) for m in model.modules())
+
+
 def is_stochastic(model: nn.Module) -> bool:
     """Whether a module draws its own randomness per call (owns a ``torch.Generator``, as the noise
     defenses do): chunking its inputs differently would change its draws, so its batch stays fixed."""

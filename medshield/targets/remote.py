@@ -149,6 +149,8 @@ class RemoteNet(nn.Module):
     indices, or 0/1 per finding for multilabel) become one-hot probabilities, or logits +-:data:`LABEL_LOGIT`.
     """
 
+    sends_queries = True  # see medshield.models.inference.sends_queries: never swept for a batch size
+
     def __init__(self, remote: RemoteModel, width: int | None, kind: str, task: str) -> None:
         super().__init__()
         self.remote, self.width, self.kind, self.task = remote, width, kind, task

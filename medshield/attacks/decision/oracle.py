@@ -15,7 +15,7 @@ from torch import nn
 
 from medshield.attacks.geometry import distance
 from medshield.models import eval_mode, predict_labels
-from medshield.models.inference import best_batch_size, chunks, is_stochastic
+from medshield.models.inference import best_batch_size, chunks, is_stochastic, sends_queries
 from medshield.types import Norm
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,9 +33,10 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None) -> LabelFn:
 
     ``batch_size=None`` picks the chunk from a measured sweep (:func:`best_batch_size`, once per row
     shape) and never sends chunks under 8 rows, which keeps every label as one big batch gives it; a model that draws its own noise per
-    call (a randomised defense) keeps one call per 4096 rows, so its draws stay as they were."""
+    call (a randomised defense) keeps one call per 4096 rows, so its draws stay as they were, and a
+    remote model (:func:`sends_queries`) is never swept: probes would spend the service's budget."""
     device = next(model.parameters()).device
-    fixed = batch_size or (4096 if is_stochastic(model) else None)
+    fixed = batch_size or (4096 if is_stochastic(model) or sends_queries(model) else None)
 
     def labels(x: torch.Tensor) -> torch.Tensor:
         parts = x.split(fixed) if fixed else chunks(x, best_batch_size(model, x.shape[1:]))
