@@ -16,7 +16,7 @@ Plugging in a new source (a remote endpoint, another file format)::
     @register_source("myformat", options=MyOptions, runs_model_code=False,
                      description="one line for `medshield target formats`")
     def load_myformat(card: TargetCard, device: torch.device) -> LoadedNet:
-        opts = card.model_options(MyOptions)       # validated at card load: errors name card and field
+        opts = card.source_options(MyOptions)       # validated at card load: errors name card and field
         return LoadedNet(net=MyModule(opts.url), gradients=False, files=[], remote=True)
 
 and import the module in ``medshield/targets/__init__.py`` so it registers. Nothing here unpickles:
