@@ -20,7 +20,7 @@ Record fields (one record per finding x mode x eps, or x budget):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,19 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(values.float().mean()) if values.numel() else None
 
 
+def attack_cases(decisions: torch.Tensor, names: list[str], modes: Sequence[str],
+                 only: Sequence[int] | None = None) -> Iterator[tuple[int, str, str, torch.Tensor]]:
+    """``(finding index, name, mode, rows)`` for every finding (or those ``only``) and mode with images
+    to attack: ``hide`` takes the rows where the finding is present, ``add`` those where it is absent."""
+    for k, name in enumerate(names):
+        if only is not None and k not in only:
+            continue
+        for mode in modes:
+            rows = torch.nonzero(decisions[:, k] == (1 if mode == "hide" else 0)).squeeze(1)
+            if rows.numel():
+                yield k, name, mode, rows
+
+
 def finding_whitebox_records(model: nn.Module, images: torch.Tensor, names: list[str],
                              thresholds: Sequence[float] | float, cfg: FindingAttackConfig,
                              only: Sequence[int] | None = None) -> list[dict[str, Any]]:
@@ -75,26 +88,20 @@ def finding_whitebox_records(model: nn.Module, images: torch.Tensor, names: list
     record per finding x mode x eps."""
     decisions = decision_fn(model, thresholds)(images)
     records = []
-    for k, name in enumerate(names):
-        if only is not None and k not in only:
-            continue
-        for mode in cfg.modes:
-            rows = torch.nonzero(decisions[:, k] == (1 if mode == "hide" else 0)).squeeze(1)
-            if rows.numel() == 0:
-                continue
-            attack = FindingAttack(k, mode, thresholds, cfg.norm, cfg.steps, cfg.rel_stepsize, cfg.keep_weight,
-                                   cfg.margin)
-            for eps in cfg.eps:
-                res = attack.attack(model, images[rows], decisions[rows], eps=eps,
-                                    generator=torch.Generator().manual_seed(cfg.seed))
-                ok = res.success
-                records.append({
-                    "kind": "multilabel_whitebox", "attack": FindingAttack.name, "finding": name, "finding_index": k,
-                    "mode": mode, "norm": str(Norm.parse(cfg.norm)), "eps": float(eps), "n": int(rows.numel()),
-                    "success_rate": res.success_rate, "flip_rate": _mean(res.extras["flipped"]),
-                    "others_unchanged_rate": _mean(res.extras["others_unchanged"]),
-                    "others_unchanged_given_flip": _mean(res.extras["others_unchanged"][res.extras["flipped"]]),
-                    "mean_linf": _mean(res.linf[ok]), "mean_l2": _mean(res.l2[ok]), "seconds": res.seconds})
+    for k, name, mode, rows in attack_cases(decisions, names, cfg.modes, only):
+        attack = FindingAttack(k, mode, thresholds, cfg.norm, cfg.steps, cfg.rel_stepsize, cfg.keep_weight,
+                               cfg.margin)
+        for eps in cfg.eps:
+            res = attack.attack(model, images[rows], decisions[rows], eps=eps,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            ok = res.success
+            records.append({
+                "kind": "multilabel_whitebox", "attack": FindingAttack.name, "finding": name, "finding_index": k,
+                "mode": mode, "norm": str(Norm.parse(cfg.norm)), "eps": float(eps), "n": int(rows.numel()),
+                "success_rate": res.success_rate, "flip_rate": _mean(res.extras["flipped"]),
+                "others_unchanged_rate": _mean(res.extras["others_unchanged"]),
+                "others_unchanged_given_flip": _mean(res.extras["others_unchanged"][res.extras["flipped"]]),
+                "mean_linf": _mean(res.linf[ok]), "mean_l2": _mean(res.l2[ok]), "seconds": res.seconds})
     return records
 
 
@@ -114,37 +121,31 @@ def finding_blackbox_records(label_model: nn.Module, images: torch.Tensor, names
     decisions = decide_all(images)
     pool_codes = codes(decide_all(pool)) if cfg.keep_others else None
     records = []
-    for k, name in enumerate(names):
-        if only is not None and k not in only:
-            continue
-        for mode in cfg.modes:
-            rows = torch.nonzero(decisions[:, k] == (1 if mode == "hide" else 0)).squeeze(1)
-            if rows.numel() == 0:
-                continue
-            x, dec = images[rows], decisions[rows]
-            wanted = wanted_decisions(dec, k, mode)  # type: ignore[arg-type]
-            attack = DECISION_ATTACKS.create(cfg.blackbox_attack, norm=Norm.L2)
-            generator = torch.Generator().manual_seed(cfg.seed)
-            if cfg.keep_others:  # the attack's entry point: it builds the oracle and re-checks the results
-                starts, _ = code_starts(x, codes(wanted), pool, pool_codes)  # type: ignore[arg-type]
-                results = attack(decision_code_fn(label_model, thresholds), x, codes(dec), cfg.budgets,
-                                 targets=codes(wanted), starts=starts, generator=generator)
-            else:
-                results = attack(finding_label_fn(label_model, k, thresholds), x, dec[:, k], cfg.budgets,
-                                 generator=generator)
-            for budget, res in results.items():
-                after = decide_all(res.adversarial)
-                others = torch.ones_like(after, dtype=torch.bool)
-                others[:, k] = False
-                unchanged = ((after == dec) | ~others).all(1)
-                flipped = after[:, k] == wanted[:, k]
-                ok = res.success & unchanged & flipped
-                records.append({
-                    "kind": "multilabel_blackbox", "attack": cfg.blackbox_attack, "finding": name, "finding_index": k,
-                    "mode": mode, "norm": "l2", "budget": int(budget), "n": int(rows.numel()),
-                    "success_rate": _mean(ok), "median_l2": float(res.l2[ok].median()) if ok.any() else None,
-                    "flip_rate": _mean(flipped), "others_unchanged_rate": _mean(unchanged),
-                    "others_unchanged_given_flip": _mean(unchanged[flipped]),
-                    "mean_queries": _mean(res.queries), "keep_others": cfg.keep_others,
-                    "l2_per_image": [float(d) if good else None for d, good in zip(res.l2.tolist(), ok.tolist())]})
+    for k, name, mode, rows in attack_cases(decisions, names, cfg.modes, only):
+        x, dec = images[rows], decisions[rows]
+        wanted = wanted_decisions(dec, k, mode)  # type: ignore[arg-type]
+        attack = DECISION_ATTACKS.create(cfg.blackbox_attack, norm=Norm.L2)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        if cfg.keep_others:  # the attack's entry point: it builds the oracle and re-checks the results
+            starts, _ = code_starts(x, codes(wanted), pool, pool_codes)  # type: ignore[arg-type]
+            results = attack(decision_code_fn(label_model, thresholds), x, codes(dec), cfg.budgets,
+                             targets=codes(wanted), starts=starts, generator=generator)
+        else:
+            results = attack(finding_label_fn(label_model, k, thresholds), x, dec[:, k], cfg.budgets,
+                             generator=generator)
+        for budget, res in results.items():
+            after = decide_all(res.adversarial)
+            others = torch.ones_like(after, dtype=torch.bool)
+            others[:, k] = False
+            unchanged = ((after == dec) | ~others).all(1)
+            flipped = after[:, k] == wanted[:, k]
+            ok = res.success & unchanged & flipped
+            records.append({
+                "kind": "multilabel_blackbox", "attack": cfg.blackbox_attack, "finding": name, "finding_index": k,
+                "mode": mode, "norm": "l2", "budget": int(budget), "n": int(rows.numel()),
+                "success_rate": _mean(ok), "median_l2": float(res.l2[ok].median()) if ok.any() else None,
+                "flip_rate": _mean(flipped), "others_unchanged_rate": _mean(unchanged),
+                "others_unchanged_given_flip": _mean(unchanged[flipped]),
+                "mean_queries": _mean(res.queries), "keep_others": cfg.keep_others,
+                "l2_per_image": [float(d) if good else None for d, good in zip(res.l2.tolist(), ok.tolist())]})
     return records
