@@ -11,7 +11,7 @@ import typer
 
 from medshield import api
 from medshield.campaign.config import default_yaml
-from medshield.cli.common import (CommandGroup, DataDir, FailOn, RunDataset, Seed, TargetOpt, check_level, emit,
+from medshield.cli.common import (CommandGroup, DataDir, FailOn, RunDataset, Seed, TargetOpt, check_level, emit, fail_if,
                                   headline, refs, user_errors)
 from medshield.errors import MedShieldError
 from medshield.report.compare import regressions, write_compare
@@ -62,10 +62,8 @@ def audit(
           "clean": [{"run": r["run"], **headline(r)} for r in res["clean"]]})
     if fail_on:
         bad = [f for f in found["findings"] if RANK[f["severity"]] >= RANK[fail_on]]
-        if bad:
-            typer.echo(f"fail-on {fail_on}: {len(bad)} finding(s) at or above {fail_on}, worst: "
-                       f"{bad[0]['title']} on {bad[0]['model']} ({bad[0]['severity']})", err=True)
-            raise typer.Exit(3)
+        fail_if(bad, lambda: f"fail-on {fail_on}: {len(bad)} finding(s) at or above {fail_on}, worst: "
+                             f"{bad[0]['title']} on {bad[0]['model']} ({bad[0]['severity']})")
 
 
 @group.command()
@@ -97,10 +95,8 @@ def compare(
           "counts": cmp["counts"]})
     if fail_on:
         bad = regressions(cmp, fail_on)
-        if bad:
-            typer.echo(f"fail-on {fail_on}: {len(bad)} threat(s) got worse to {fail_on} or above, e.g. "
-                       f"{bad[0]['title']} ({bad[0]['key']})", err=True)
-            raise typer.Exit(3)
+        fail_if(bad, lambda: f"fail-on {fail_on}: {len(bad)} threat(s) got worse to {fail_on} or above, e.g. "
+                             f"{bad[0]['title']} ({bad[0]['key']})")
 
 
 @group.command()

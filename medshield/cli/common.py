@@ -73,6 +73,13 @@ def calibration_config(max_clean_drop: float, seed: int) -> CalibrationConfig:
     return CalibrationConfig(tolerance=Tolerance.of(max_clean_drop), seed=seed)
 
 
+def fail_if(bad: list[Any], message: Callable[[], str]) -> None:
+    """``--fail-on``: when ``bad`` holds anything, print ``message()`` to stderr and exit with status 3."""
+    if bad:
+        typer.echo(message(), err=True)
+        raise typer.Exit(3)
+
+
 def check_level(level: str | None) -> None:
     if level is not None and level not in ("high", "medium", "low"):
         raise MedShieldError(f"--fail-on must be high, medium or low, got {level!r}")
