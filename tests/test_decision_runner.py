@@ -75,10 +75,12 @@ def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path
     assert none["defended_clean_accuracy"] == pytest.approx(plain) and none["flip_rate"] == 0.0
     assert rnd["defense"] == "rnd" and rnd["defense_params"] == {"nu": 0.3} and rnd["defense_spec"] == "rnd:nu=0.3"
     assert rnd["flip_rate"] > 0 and rnd["adaptive_k"] == 3
+    assert none["adaptive_k"] == 1  # the deterministic model answers the same every time: no repeats spent
     jobs = json.loads((tmp_path / "jobs.json").read_text())["jobs"]
     attack_jobs = [j for key, j in jobs.items() if not key.startswith("clean|")]
     assert all(sum(j["queries"]) == j["sent_attack"] and max(j["queries"]) <= 100 for j in attack_jobs)
-    assert all(q % 3 == 0 for j in attack_jobs for q in j["queries"])  # every logical query costs 3
+    rnd_jobs = [j for key, j in jobs.items() if key.startswith("rnd")]
+    assert rnd_jobs and all(q % 3 == 0 for j in rnd_jobs for q in j["queries"])  # every logical query costs 3
     monkeypatch.setattr(bb, "clean_job", lambda *a, **k: pytest.fail("clean metrics recomputed"))
     monkeypatch.setattr(bb, "run_job", lambda *a, **k: pytest.fail("attack job recomputed"))
     again = bb.run_blackbox(demo_model, part, tmp_path, cfg, positive_class=1)
@@ -86,16 +88,19 @@ def test_defended_clean_accuracy_params_adaptive_and_resume(demo_model, tmp_path
     assert "| rnd:nu=0.3 |" in markdown_table(summary)
 
 
-def test_adaptive_k_on_deterministic_model_is_plain_attack_at_budget_over_k(demo_model, tmp_path) -> None:  # noqa: ANN001
+def test_adaptive_k_spends_no_repeats_on_a_deterministic_model(demo_model, tmp_path) -> None:  # noqa: ANN001
+    """Repeating a query to a model that always answers the same wastes budget: the undefended model is
+    attacked with every query (k = 1) whatever ``adaptive_k``, so its figure is not understated."""
     from medshield.data import load_demo
     from medshield.evaluation.blackbox import run_blackbox
 
     part = load_demo().test
     plain = run_blackbox(demo_model, part, tmp_path / "k1", BlackboxConfig(attacks=["hsja"], budgets=[60], n_images=2,
                                                                             n_bootstrap=10, clean_repeats=1))
-    voted = run_blackbox(demo_model, part, tmp_path / "k3", BlackboxConfig(attacks=["hsja"], budgets=[180], n_images=2,
+    asked = run_blackbox(demo_model, part, tmp_path / "k3", BlackboxConfig(attacks=["hsja"], budgets=[60], n_images=2,
                                                                             n_bootstrap=10, clean_repeats=1, adaptive_k=3))
-    assert voted["records"][0]["l2_per_image"] == plain["records"][0]["l2_per_image"]  # 180 queries = 60 answers
+    assert asked["records"][0]["adaptive_k"] == 1 and asked["config"]["adaptive_k"] == 3
+    assert asked["records"][0]["l2_per_image"] == plain["records"][0]["l2_per_image"]
 
 
 def test_noisy_target_claims_are_checked_against_the_classifier() -> None:

@@ -36,8 +36,9 @@ def blackbox(
     n_images: Annotated[int, typer.Option("--n-images", help="Correctly classified test images (seeded choice).")] = 50,
     defenses: Annotated[str, typer.Option("--defenses", help="Comma list of inference-time defenses with optional "
                                           "parameters: none,rnd:nu=0.05,dnd:m=0.01:n=0.5")] = "none",
-    adaptive: Annotated[int, typer.Option("--adaptive", help="Adaptive attacker: repeat each query K times, "
-                                          "majority label (budgets count all K).")] = 1,
+    adaptive: Annotated[int, typer.Option("--adaptive", help="Adaptive attacker against randomised defenses: "
+                                          "repeat each query K times, majority label (budgets count all K); a "
+                                          "deterministic model is attacked with every query.")] = 1,
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
     surrogate: Annotated[Path | None, typer.Option("--surrogate", help="The attacker's own run (substitute "
                                                    "model) for the surrogate attack.")] = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
 from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
 from medshield.errors import MedShieldError
+from medshield.evaluation.checks import is_randomised
 from medshield.evaluation.defended import defended_metrics
 from medshield.evaluation.identity import job_identity, model_fingerprint
 from medshield.evaluation.store import RecordStore
@@ -204,6 +205,16 @@ def clean_job(model: nn.Module, part: ImageSet, defense: DefenseSpec, cfg: Black
     return defended_metrics(model, part.images(), part.labels, positive_class, defense, cfg.clean_repeats, cfg.seed)
 
 
+def adaptive_config(cfg: BlackboxConfig, defended: nn.Module | None, x: torch.Tensor) -> BlackboxConfig:
+    """``cfg`` as run against ``defended``: the adaptive attacker's ``k`` repeats per query only where the
+    answers are random (a deterministic model answers the same every time, so repeating would only waste
+    the budget and understate the attack); a remote target (``defended`` None) keeps the user's ``k``."""
+    if cfg.adaptive_k == 1 or defended is None:
+        return cfg
+    device = next((p.device for p in defended.parameters()), torch.device("cpu"))
+    return cfg if is_randomised(defended, x[:8].to(device)) else replace(cfg, adaptive_k=1)
+
+
 def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: BlackboxConfig,
                  label_fn: LabelFn | None = None, target: str = "local",
                  positive_class: int | None = None, surrogate: nn.Module | None = None,
@@ -237,37 +248,39 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     select_fn = label_fn or model_label_fn(model, cfg.batch_size)
     indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
-    k_tag = f"|k{cfg.adaptive_k}" if cfg.adaptive_k > 1 else ""
     records, strips = [], {}
     for defense_spec in cfg.defenses:
         name, spec = defense_spec.name, defense_spec.label()
+        defended = defense_spec.build(model, seed=cfg.seed) if label_fn is None else None
+        dcfg = adaptive_config(cfg, defended, x)
+        k_tag = f"|k{dcfg.adaptive_k}" if dcfg.adaptive_k > 1 else ""
         # jobs keep their old keys (a defense at its defaults is keyed by its name), so old runs resume
         tag = name if defense_spec.resolved() == DefenseSpec(name).resolved() else spec
         clean = None
         if label_fn is None:
-            clean = store.get_or_run(f"clean|{spec}|seed{cfg.seed}|repeats{cfg.clean_repeats}|n{len(part)}",
-                                     lambda: clean_job(model, part, defense_spec, cfg, positive_class),
-                                     inputs(defense=spec, seed=cfg.seed, repeats=cfg.clean_repeats))
-        fn = label_fn or model_label_fn(defense_spec.build(model, seed=cfg.seed), cfg.batch_size)
-        base_fn = model_label_fn(model, cfg.batch_size) if label_fn is None and name != "none" else None
-        v_tag = f"|verify-base{cfg.verify_repeats}" if base_fn is not None else ""
+            clean = store.get_or_run(f"clean|{spec}|seed{dcfg.seed}|repeats{dcfg.clean_repeats}|n{len(part)}",
+                                     lambda: clean_job(model, part, defense_spec, dcfg, positive_class),
+                                     inputs(defense=spec, seed=dcfg.seed, repeats=dcfg.clean_repeats))
+        fn = label_fn or model_label_fn(defended, dcfg.batch_size)
+        base_fn = model_label_fn(model, dcfg.batch_size) if label_fn is None and name != "none" else None
+        v_tag = f"|verify-base{dcfg.verify_repeats}" if base_fn is not None else ""
         defense = "remote" if label_fn is not None else name
-        for attack in cfg.attacks:
+        for attack in dcfg.attacks:
             jobs = []
-            for k, rows in enumerate(torch.arange(x.shape[0]).split(cfg.shard_size)):
-                s_tag = f"|surrogate={cfg.surrogate_run}" if attack.lower() == "surrogate" else ""
-                key = f"{tag if label_fn is None else defense}|{attack}|{cfg.norm}|{','.join(map(str, cfg.budgets))}|" \
-                      f"seed{cfg.seed}{k_tag}{v_tag}{s_tag}|{','.join(map(str, indices[rows].tolist()))}"
-                desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // cfg.shard_size)}]"
+            for k, rows in enumerate(torch.arange(x.shape[0]).split(dcfg.shard_size)):
+                s_tag = f"|surrogate={dcfg.surrogate_run}" if attack.lower() == "surrogate" else ""
+                key = f"{tag if label_fn is None else defense}|{attack}|{dcfg.norm}|{','.join(map(str, dcfg.budgets))}|" \
+                      f"seed{dcfg.seed}{k_tag}{v_tag}{s_tag}|{','.join(map(str, indices[rows].tolist()))}"
+                desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // dcfg.shard_size)}]"
                 job_inputs = inputs(
-                    defense=spec if label_fn is None else defense, attack=attack, norm=cfg.norm,
-                    budgets=list(cfg.budgets), seed=cfg.seed + k, adaptive_k=cfg.adaptive_k,
-                    verify_repeats=cfg.verify_repeats if base_fn is not None else None,
-                    surrogate=model_fingerprint(cfg.surrogate_run) if s_tag and cfg.surrogate_run else None,
+                    defense=spec if label_fn is None else defense, attack=attack, norm=dcfg.norm,
+                    budgets=list(dcfg.budgets), seed=dcfg.seed + k, adaptive_k=dcfg.adaptive_k,
+                    verify_repeats=dcfg.verify_repeats if base_fn is not None else None,
+                    surrogate=model_fingerprint(dcfg.surrogate_run) if s_tag and dcfg.surrogate_run else None,
                     images=indices[rows].tolist())
-                jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], cfg,
-                                                                  cfg.seed + k, desc, base_fn, surrogate), job_inputs))
-            records += summarise(attack, defense_spec if label_fn is None else None, jobs, cfg, clean)
+                jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], dcfg,
+                                                                  dcfg.seed + k, desc, base_fn, surrogate), job_inputs))
+            records += summarise(attack, defense_spec if label_fn is None else None, jobs, dcfg, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     config = {**cfg.__dict__, "budgets": list(cfg.budgets), "defenses": [str(d) for d in cfg.defenses]}
     return {"records": records, "config": config, "target": target, "image_indices": indices.tolist(),
