@@ -319,3 +319,18 @@ def test_audit_of_the_four_exports(exported: dict, tmp_path: Path) -> None:
     assert abs(robust["onnx"] - robust["python"]) <= 0.01 and robust["python"] < clean["python"][0], robust
     print(f"\naudit of 4 exports (624 test images; PGD 8/255, 10 steps, 100 images): clean accuracy/AUC "
           f"{clean['python'][:2]} for all; robust accuracy {robust}")
+
+
+def test_python_factory_code_is_part_of_the_model_digest(tmp_path: Path) -> None:
+    """Same card, same (absent) weights, different factory code: a different model, so a different digest;
+    the same code twice gives the same digest."""
+    for name, act in (("net_relu", "ReLU"), ("net_tanh", "Tanh")):
+        (tmp_path / f"{name}.py").write_text(
+            "import torch\n\ndef build():\n    torch.manual_seed(0)\n"
+            f"    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 8), torch.nn.{act}(), "
+            "torch.nn.Linear(8, 2))\n")
+        (tmp_path / f"{name}.yaml").write_text(f"model: {{format: python, factory: '{name}:build'}}\n" + HEAD)
+    relu, tanh = open_target(tmp_path / "net_relu.yaml"), open_target(tmp_path / "net_tanh.yaml")
+    assert relu.model_digest != tanh.model_digest
+    assert open_target(tmp_path / "net_relu.yaml").model_digest == relu.model_digest
+    assert "weights" in relu.notes

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import pickle
 import sys
 from pathlib import Path
@@ -125,13 +126,23 @@ def load_python(card: TargetCard, device: torch.device) -> LoadedNet:
         raise CardError(f"{card.where()}: model.kwargs: {card.model.factory} rejected them ({exc})") from None
     if not isinstance(net, nn.Module):
         raise CardError(f"{card.where()}: model.factory: {card.model.factory} returned {type(net).__name__}, not an nn.Module")
-    files = []
+    files = factory_files(factory)
     if card.model.weights:
         weights = card.resolve(card.model.weights, "model.weights")
         load_weights(net, weights, "model.weights", card)
         files.append(weights)
     return LoadedNet(net=net.to(device).eval(), gradients=True, files=files, runs_model_code=True,
-                     notes={} if files else {"weights": "none given: the factory's own initialisation"})
+                     notes={} if card.model.weights else {"weights": "none given: the factory's own initialisation"})
+
+
+def factory_files(factory: Any) -> list[Path]:
+    """The source file of the factory's module: the model's code is part of its identity, so stored
+    results are not reused after the code changes (the weights alone do not say what the model computes)."""
+    try:
+        source = inspect.getsourcefile(factory)
+    except TypeError:
+        source = None
+    return [Path(source)] if source and Path(source).is_file() else []
 
 
 class OrtNet(nn.Module):
