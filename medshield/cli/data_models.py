@@ -32,7 +32,8 @@ def train(
     resize: Annotated[int | None, typer.Option(help="Resize images after loading.")] = None,
     rgb: Annotated[bool, typer.Option("--rgb", help="Present grey images as 3-channel RGB.")] = False,
     single_logit: Annotated[bool, typer.Option("--single-logit", help="One sigmoid logit (binary).")] = False,
-    pretrained: Annotated[str | None, typer.Option(help="'imagenet' (torch hub cache) or a weights file.")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="'imagenet' (torch hub cache), a weights file, or a run folder (its backbone, new head).")] = None,
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train the new head only.")] = False,
     device: Device = "cpu",
     seed: Seed = 0,

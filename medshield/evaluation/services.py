@@ -81,10 +81,16 @@ def train(
     init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train a model and evaluate it on the test split; writes ``model.safetensors``, ``config.json``
-    and ``metrics.json`` (``{"test": {...}, "train_seconds": ...}``) into ``out``."""
+    and ``metrics.json`` (``{"test": {...}, "train_seconds": ...}``) into ``out``.
+
+    ``pretrained`` is ``"imagenet"`` (torch hub cache), a weights file, or another run folder whose
+    backbone (same architecture, channels and stem; its head is skipped) starts this model;
+    ``freeze_backbone`` trains the new head only. ``config.json`` records the source and its digest."""
     cfg = train_config or TrainConfig()
     out = Path(out)
     ds = load_dataset(dataset, data_dir, size=size, rgb=rgb, resize=resize, seed=cfg.seed)
+    if pretrained and Path(pretrained).resolve() == out.resolve():
+        raise MedShieldError(f"--pretrained {pretrained} is the run being trained (--out); give another run")
     prepare_run_dir(out, resume, overwrite)
     mcfg = ModelConfig(name=model, in_channels=ds.channels, num_classes=1 if single_logit else ds.num_classes,
                        image_size=ds.image_size, pretrained=pretrained, freeze_backbone=freeze_backbone)

@@ -54,7 +54,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} not found")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"); its first byte
+    # may well be 0x80 or its first two "PK", so those only mean pickle/zip when no "{" follows
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path} is a pickle checkpoint; MedShield never unpickles files. Save a state dict with "
             "safetensors.torch.save_file instead"
@@ -107,6 +109,8 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
     dropout = fields.get("dropout", 0.0)
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(fields.get("backbone") or {}, dict):
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: model.backbone must be a JSON object, got {fields['backbone']!r}")
     for key in ("mean", "std"):
         values = fields.get(key, [])
         if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):

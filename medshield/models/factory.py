@@ -9,11 +9,10 @@ from torch import nn
 
 from medshield.models import nets
 from medshield.models.bounded import BoundedModel
-from medshield.models.pretrained import load_pretrained
+from medshield.models.pretrained import PretrainedSource, load_pretrained, resolve_source
 from medshield.registry import Registry
 
 MODELS: Registry[nn.Module] = Registry("model")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MIN_SIZE = 28
 
 
@@ -31,6 +30,7 @@ class ModelConfig:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     stem: int | None = None  # smallcnn's stem stride; None: chosen from image_size (runs before it had none: 1)
+    backbone: dict[str, object] | None = None  # where pretrained weights came from (kind, path, sha256, ...)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -49,9 +49,10 @@ def model_names() -> list[str]:
 def create_model(config: ModelConfig | None = None, **overrides: object) -> BoundedModel:
     """Build a model from a :class:`ModelConfig` (or keyword fields), normalisation inside.
 
-    With ``pretrained`` ("imagenet" or a local file), ImageNet weights are loaded into the backbone,
-    the head is replaced (pooling, dropout, linear) and, with ``freeze_backbone``, only the head
-    trains (transfer learning, thesis ch. 3).
+    With ``pretrained`` ("imagenet", a local file or a MedShield run folder), pre-trained weights are
+    loaded into the backbone, the head is replaced (pooling, dropout, linear) and, with
+    ``freeze_backbone``, only the head trains (transfer learning, thesis ch. 3). ``backbone`` then
+    records the source and the SHA-256 of its weights; the input normalisation is the source's.
 
     >>> model = create_model(name="resnet18", in_channels=1, num_classes=2, image_size=28)
     """
@@ -64,16 +65,17 @@ def create_model(config: ModelConfig | None = None, **overrides: object) -> Boun
         cfg.stem = nets.smallcnn_stem(cfg.image_size)
     build: Callable[[ModelConfig], nn.Module] = MODELS.get(cfg.name)
     net = build(cfg)
+    source: PretrainedSource | None = None
     if cfg.pretrained:
-        load_pretrained(net, cfg.name, cfg.pretrained)
+        source = resolve_source(cfg.name, cfg.pretrained)
+        load_pretrained(net, cfg.name, source)
+        cfg.backbone = source.describe()
     if cfg.pretrained or cfg.freeze_backbone:
         replace_head(cfg.name, net, cfg.num_classes, cfg.dropout)
     if cfg.freeze_backbone:
         freeze(cfg.name, net)
     if not cfg.mean:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.pretrained else ((0.5,) * 3, (0.5,) * 3)
-        if cfg.in_channels == 1:
-            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        mean, std = source.normalisation(cfg.in_channels) if source else ([0.5] * cfg.in_channels,) * 2
         cfg.mean, cfg.std = list(mean), list(std)
     model = BoundedModel(net, cfg.num_classes, cfg.mean, cfg.std)
     model.config = cfg  # type: ignore[assignment]

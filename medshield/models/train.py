@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medshield.data.base import Dataset, ImageSet
 from medshield.models.metrics import point_metrics
@@ -112,8 +113,18 @@ def train_model(
     return state
 
 
-def _run_epoch(model, data, opt, gen, cfg, augment, hook, epoch) -> float:  # noqa: ANN001
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except BatchNorm layers whose parameters are all frozen (a frozen backbone):
+    they keep normalising with their pre-trained running statistics and do not update them."""
     model.train()
+    for m in model.modules():
+        params = list(m.parameters(recurse=False))
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and params and not any(p.requires_grad for p in params):
+            m.eval()
+
+
+def _run_epoch(model, data, opt, gen, cfg, augment, hook, epoch) -> float:  # noqa: ANN001
+    train_mode(model)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     steps = -(-len(data) // cfg.batch_size)
@@ -124,7 +135,7 @@ def _run_epoch(model, data, opt, gen, cfg, augment, hook, epoch) -> float:  # no
                 x = augment(x, gen)
             if hook is not None:
                 x, y = hook(model, x, y, gen)
-                model.train()
+                train_mode(model)
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
