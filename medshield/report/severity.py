@@ -324,8 +324,9 @@ def label_only_finding(res: Mapping[str, Any], run: str, recs: list[dict[str, An
     rec = lo["rec"]
     med = rec.get("median_l2")
     rms = "" if med is None or not lo["dim"] else f", median L2 {med:.3g} (RMS {255 * med / math.sqrt(lo['dim']):.2g}/255 per pixel)"
-    ev = (f"seeing only the predicted label, {lo['attack'].upper()} fools the model on {pct(lo['f'])}{_ci_text(lo['ci'])} "
-          f"of {lo['n']} correctly classified images within {lo['budget']:,} queries each{rms}")
+    ev = (f"seeing only the predicted label, {lo['attack'].upper()} fools the model with a change of RMS ≤ 8/255 per pixel "
+          f"on {pct(lo['f'])}{_ci_text(lo['ci'])} of {lo['n']} correctly classified images within {lo['budget']:,} "
+          f"queries each{rms}")
     return Finding("label_only", run, lo["severity"], ev, lo["rule"], score=lo["f_small"] if lo["f_small"] is not None
                    else lo["f_max"], ci=lo["ci"], n=lo["n"],
                    metrics={"fooled_small_budget": lo["f_small"], "fooled_top_budget": lo["f_max"],
