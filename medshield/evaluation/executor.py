@@ -32,6 +32,11 @@ class Job:
     kwargs: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, Any] | None = None
 
+    @property
+    def label(self) -> str:
+        """The key as progress lines show it: without embedded JSON settings (``|{...}``)."""
+        return "|".join(p for p in self.key.split("|") if not p.startswith("{"))
+
 
 def resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
@@ -89,7 +94,7 @@ def _run_inline(todo: list[Job], store: RecordStore, advance: Callable[..., None
     try:
         for job in todo:
             store.put(job.key, run_job(job.fn, job.kwargs, threads), job.inputs)
-            advance(1, info=job.key)
+            advance(1, info=job.label)
     finally:
         torch.set_num_threads(before)
 
@@ -110,7 +115,7 @@ def _run_pool(todo: list[Job], store: RecordStore, workers: int, advance: Callab
             for future in done:
                 job = pending.pop(future)
                 store.put(job.key, future.result(), job.inputs)
-                advance(1, info=job.key)
+                advance(1, info=job.label)
 
 
 def ray_options(gpus: float) -> dict[str, float]:
@@ -144,7 +149,7 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
             for ref in done:
                 job = pending.pop(ref)
                 store.put(job.key, ray.get(ref), job.inputs)
-                advance(1, info=job.key)
+                advance(1, info=job.label)
     finally:
         if started:
             ray.shutdown()
