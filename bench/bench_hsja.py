@@ -10,8 +10,11 @@ past an image's budget are still answered (the peers cannot be stopped) but neve
 a result.
 
 The raw rate is the model's plain forward (eval, inference mode) at its best batch size from a
-measured sweep (8..4096 rows), printed with the sweep. ``--path`` runs ours through an inference path
-(medshield.models.inference: channels_last, bf16, compile); the peers always get the plain model.
+measured sweep (8..4096 rows), printed with the sweep. By default ours runs the forward
+``model_label_fn`` measures for itself (batch size and memory layout: channels-last where it was
+faster with identical labels; printed, and in the JSON as ``ours_forward``); the raw rate of that
+same forward at that batch is printed too. ``--path`` instead runs ours through an explicit inference
+path (medshield.models.inference: channels_last, bf16, compile); the peers always get the plain model.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000 --json out.json
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --model resnet18 --size 128 --n-images 4 --budgets 500,1000
@@ -38,7 +41,7 @@ from medshield.attacks.decision.hsja import HopSkipJump  # noqa: E402
 from medshield.data import load_dataset  # noqa: E402
 from medshield.evaluation.blackbox import select_images  # noqa: E402
 from medshield.models import class_logits, create_model, load_run, predict_labels  # noqa: E402
-from medshield.models.inference import forward_rates, inference_path  # noqa: E402
+from medshield.models.inference import ForwardChoice, fast_forward, forward_choice, forward_rates, inference_path  # noqa: E402
 
 
 class Counting(nn.Module):
@@ -75,13 +78,15 @@ def starts_for(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int],
-             path: str = "default") -> tuple[list[float], float, int]:
-    label_fn = model_label_fn(inference_path(model, path))
-    label_fn(x[:8])  # the batch-size sweep (once per model and input size) is set-up, not attack time
+             path: str = "default") -> tuple[tuple[list[float], float, int], ForwardChoice]:
+    target = inference_path(model, path)
+    label_fn = model_label_fn(target)
+    label_fn(x[:8])  # the batch-size and layout choice (once per model and input size) is set-up, not attack time
     oracle = LabelOracle(label_fn, x, y, budgets)
     start = time.perf_counter()
     HopSkipJump().run(oracle, torch.Generator().manual_seed(0), starts=starts_for(x, y))
-    return medians(oracle), time.perf_counter() - start, int(oracle.queries.sum())
+    result = medians(oracle), time.perf_counter() - start, int(oracle.queries.sum())
+    return result, forward_choice(target, x.shape[1:])  # cached: the choice the run used
 
 
 def run_foolbox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
@@ -163,12 +168,19 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     model, x, y = load_target(args)
     fwd, fwd_batch, sweep = raw_forward(model, x)
-    rows = {"medshield": run_ours(model, x, y, budgets, args.path)}
+    ours, choice = run_ours(model, x, y, budgets, args.path)
+    rows = {"medshield": ours}
+    with torch.inference_mode():
+        ours_raw = forward_rates(fast_forward(inference_path(model, args.path), choice), x.shape[1:], [choice.batch],
+                                 min_seconds=0.3)[choice.batch]
     for peer in [s for s in args.peers.split(",") if s]:
         rows[peer] = {"foolbox": run_foolbox, "art": run_art}[peer](model, x, y, budgets)
     print(f"images {tuple(x.shape)}, budgets {budgets}, threads {torch.get_num_threads()}, ours' path {args.path}")
     print("raw forward sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items()))
     print(f"raw forward at its best batch {fwd_batch}: {fwd:,.0f} rows/s")
+    layout = choice.layout if args.path == "default" else f"path {args.path}"
+    print(f"ours' forward: batch {choice.batch}, {layout} (layout rates {', '.join(f'{k} {v:,.0f}' for k, v in choice.layout_rates.items()) or 'not timed'}, "
+          f"labels identical {choice.labels_identical}); raw rate of that forward {ours_raw:,.0f} rows/s")
     print(f"{'impl':<10} {'queries/s':>10} {'vs fwd':>7} {'ours/this':>9} " + " ".join(f"{'med@' + str(b):>10}" for b in budgets)
           + "  median L2 ours/this")
     ours_med, ours_s, ours_q = rows["medshield"]
@@ -180,7 +192,8 @@ def main() -> None:
     if args.json:
         out = {"ours_per_s": rate["medshield"], "foolbox_per_s": rate.get("foolbox"), "art_per_s": rate.get("art"),
                "raw_per_s": fwd, "raw_batch": fwd_batch, "raw_sweep": {str(b): r for b, r in sweep.items()},
-               "ours_path": args.path, "images": x.shape[0], "image_shape": list(x.shape[1:]), "budgets": budgets,
+               "ours_path": args.path, "ours_forward": {**choice.record(), "layout": layout, "raw_per_s": ours_raw},
+               "images": x.shape[0], "image_shape": list(x.shape[1:]), "budgets": budgets,
                "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
         for name in rows:
             key = "ours" if name == "medshield" else name

@@ -14,8 +14,8 @@ from medshield.attacks.decision import model_label_fn
 from medshield.attacks.decision.hsja import HopSkipJump
 from medshield.defenses.inference import RND
 from medshield.models import create_model
-from medshield.models.inference import (MIN_CHUNK, InferencePath, best_batch_size, checked_inference_path, chunks,
-                                        forward_rates, inference_path, is_stochastic, labels_agree)
+from medshield.models.inference import (MIN_CHUNK, ChannelsLast, InferencePath, best_batch_size, checked_inference_path,
+                                        chunks, forward_rates, inference_path, is_stochastic, labels_agree)
 from tests.conftest import tiny_model
 
 
@@ -137,3 +137,82 @@ def test_a_remote_model_is_never_swept_for_its_batch_size() -> None:
     net = Remote()
     model_label_fn(net)(torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(0)))
     assert net.rows == 10
+
+
+def test_layout_choice_is_measured_label_checked_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep also times channels-last vs contiguous at its batch: the choice is one of the two, the
+    labels agree, it is cached with the batch, and the caller's weights stay as they were."""
+    import medshield.models.inference as inf
+
+    model = tiny_model(in_channels=3, seed=3)
+    weights = {n: (p.data_ptr(), p.is_contiguous()) for n, p in model.named_parameters()}
+    choice = inf.forward_choice(model, (3, 16, 16), sizes=(8, 16))
+    assert choice.layout in ("contiguous", "channels_last") and choice.batch in (8, 16)
+    assert choice.labels_identical is True and set(choice.layout_rates) == {"contiguous", "channels_last"}
+    assert inf.forward_choice(model, (3, 16, 16)) is choice and inf.best_batch_size(model, (3, 16, 16)) == choice.batch
+    assert {n: (p.data_ptr(), p.is_contiguous()) for n, p in model.named_parameters()} == weights
+    x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for margin, layout in ((0.0, "channels_last"), (float("inf"), "contiguous")):  # force each side
+        monkeypatch.setattr(inf, "LAYOUT_MARGIN", margin)
+        fresh = tiny_model(in_channels=3, seed=3)
+        assert inf.forward_choice(fresh, (3, 16, 16), sizes=(8,), probe=x).layout == layout
+        assert torch.equal(model_label_fn(fresh)(x), model_label_fn(fresh, 4096)(x))
+
+
+def test_channels_last_follows_weight_updates() -> None:
+    model = tiny_model(in_channels=3, seed=4)
+    fast = ChannelsLast(model)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.ndim == 4).mul_(-2)  # a training step, in place
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+
+
+class _LayoutSensitive(torch.nn.Module):
+    """A classifier whose label depends on the memory layout (stands in for a kernel that rounds differently)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(x).mean((2, 3))
+        return -logits if x.is_contiguous(memory_format=torch.channels_last) else logits
+
+
+def test_layout_that_changes_labels_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medshield.models.inference as inf
+
+    monkeypatch.setattr(inf, "LAYOUT_MARGIN", 0.0)  # even when channels-last "wins" the timing
+    model = _LayoutSensitive().eval()
+    choice = inf.forward_choice(model, (3, 8, 8), sizes=(8,))
+    assert choice.labels_identical is False and choice.layout == "contiguous"
+
+
+def test_explicit_path_and_remote_models_are_left_as_they_are() -> None:
+    """An explicit inference path keeps its own layout (no layout trial); a remote model is neither swept
+    nor given a layout: its module gets exactly the rows asked for, in the caller's layout."""
+    import medshield.models.inference as inf
+
+    explicit = inference_path(tiny_model(in_channels=3), "channels_last")
+    choice = inf.forward_choice(explicit, (3, 16, 16), sizes=(8,))
+    assert choice.labels_identical is None and choice.layout == "contiguous" and not choice.layout_rates
+
+    class Remote(torch.nn.Module):
+        sends_queries = True
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+            self.seen: list[bool] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(x.is_contiguous())
+            return self.conv(x).mean((2, 3))
+
+    net = Remote()
+    model_label_fn(net)(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert net.seen == [True] and net not in inf._BEST

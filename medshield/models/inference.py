@@ -5,18 +5,24 @@ the model's labels identical (tests/test_inference_paths.py checks them on the P
 On a CPU a convolutional net's throughput peaks at a batch that keeps its activations in cache
 (SmallCNN at 28 px: about 64 rows, ~2.5x the rate at 4096), so a fixed large batch is slow; the
 best size depends on the model, the input size, the thread count and the device, hence the sweep.
+The same measurement picks the memory layout: at the chosen batch, channels-last weights and inputs
+are timed against contiguous ones and kept only when faster and label-identical on the probe batch
+(:func:`forward_choice`).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from medshield.models.bounded import eval_mode, predict_labels
 
@@ -26,7 +32,10 @@ fixed thread count (measured on SmallCNN and ResNet-18), while a single row can 
 so chunking at >= 8 rows never changes a label."""
 
 SWEEP_SIZES = tuple(2**k for k in range(3, 13))  # 8 .. 4096
-_BEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+LAYOUT_MARGIN = 1.03
+"""Channels-last is chosen only when it answers at least this many times the contiguous rate: on a
+tie (1-channel inputs, small nets) the plain layout stays, so timing noise does not flip the choice."""
+log = logging.getLogger(__name__)
 
 
 def chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
@@ -73,22 +82,118 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES) -> int:
-    """The fastest forward batch size of ``model`` (eval mode, inference mode) for rows of ``row_shape``,
-    measured once per (model, row shape, thread count, device) and cached for the model's lifetime."""
+@dataclass(frozen=True)
+class ForwardChoice:
+    """How a local model answers fastest, as measured: the forward batch size (contiguous sweep), and
+    whether channels-last beat contiguous at that batch with identical labels on the probe batch."""
+
+    batch: int
+    channels_last: bool = False
+    rates: dict[int, float] = field(default_factory=dict)  # rows/s per batch size (contiguous)
+    layout_rates: dict[str, float] = field(default_factory=dict)  # rows/s at ``batch``: contiguous, channels_last
+    labels_identical: bool | None = None  # channels-last vs contiguous on the probe; None: not tried
+
+    @property
+    def layout(self) -> str:
+        return "channels_last" if self.channels_last else "contiguous"
+
+    def record(self) -> dict[str, object]:
+        """The choice as a JSON record (bench output, logs)."""
+        return {"batch": self.batch, "layout": self.layout, "layout_rates": self.layout_rates,
+                "labels_identical": self.labels_identical}
+
+
+_BEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ForwardChoice]] = weakref.WeakKeyDictionary()
+
+
+class ChannelsLast:
+    """``model``'s forward with its 4-D weights and the inputs in channels-last memory format. The
+    caller's module is left alone: the weights are copied (through ``torch.func.functional_call``) and
+    copied again whenever one of them changes (in-place update or a new parameter), so a model trained
+    between calls is never answered with stale weights."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._key: tuple = ()
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        convs = [(name, p) for name, p in self.model.named_parameters() if p.ndim == 4]
+        key = tuple((id(p), p.data_ptr(), p._version) for _, p in convs)
+        if key != self._key:
+            with torch.no_grad():
+                self._weights = {name: p.detach().contiguous(memory_format=torch.channels_last) for name, p in convs}
+            self._key = key
+        return functional_call(self.model, self._weights, (x.contiguous(memory_format=torch.channels_last),))
+
+
+def can_use_channels_last(model: nn.Module, row_shape: Sequence[int]) -> bool:
+    """Images (rows ``[C, H, W]``) into a model with 4-D (conv) weights, and no explicit inference path
+    already set by the caller (an :class:`InferencePath` keeps its own)."""
+    return (len(row_shape) == 3 and not isinstance(model, InferencePath)
+            and any(p.ndim == 4 for p in model.parameters()))
+
+
+def _layout_rates(forwards: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, device: torch.device,
+                  rounds: int = 3, min_seconds: float = 0.05) -> dict[str, float]:
+    """Best rows/s of each forward on ``x`` over ``rounds`` interleaved timings (load changes hit both)."""
+    best = dict.fromkeys(forwards, 0.0)
+    for fwd in forwards.values():
+        fwd(x)
+    for _ in range(rounds):
+        for name, fwd in forwards.items():
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_seconds or calls == 0:
+                fwd(x)
+                calls += 1
+            _sync(device)
+            best[name] = max(best[name], calls * x.shape[0] / (time.perf_counter() - start))
+    return best
+
+
+def _choose_layout(model: nn.Module, x: torch.Tensor, probe: torch.Tensor | None,
+                   device: torch.device) -> tuple[bool, dict[str, float], bool]:
+    """(channels-last?, rates per layout at ``x``'s batch, labels identical on the probe)."""
+    fast = ChannelsLast(model)
+    rates = _layout_rates({"contiguous": model, "channels_last": fast}, x, device)
+    rows = x if probe is None else torch.cat([x, probe.to(device=device, dtype=x.dtype)])
+    same = all(torch.equal(predict_labels(model(c)), predict_labels(fast(c))) for c in rows.split(x.shape[0]))
+    return same and rates["channels_last"] >= LAYOUT_MARGIN * rates["contiguous"], rates, same
+
+
+def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES,
+                   probe: torch.Tensor | None = None) -> ForwardChoice:
+    """The fastest forward of ``model`` (eval mode, inference mode) for rows of ``row_shape``: the batch
+    size from a contiguous sweep, then channels-last vs contiguous timed at that batch (interleaved, best
+    of 3); channels-last is kept only if it is :data:`LAYOUT_MARGIN` faster and gives the same label
+    as contiguous on every row of the probe batch (the sweep's seeded batch plus ``probe``, e.g. the
+    caller's first queries). Measured once per (model, row shape, thread count, device), cached for the
+    model's lifetime, and logged."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     key = (tuple(row_shape), torch.get_num_threads(), str(device))
     cache = _BEST.setdefault(model, {})
     if key not in cache:
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                rates = forward_rates(model, row_shape, sizes, device=device)
-        finally:
-            model.train(was_training)
-        cache[key] = max(rates, key=rates.__getitem__)
+        with eval_mode(model), torch.inference_mode():
+            rates = forward_rates(model, row_shape, sizes, device=device)
+            batch = max(rates, key=rates.__getitem__)
+            choice = ForwardChoice(batch, rates=rates)
+            if can_use_channels_last(model, row_shape):
+                x = torch.rand(batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
+                cl, layout_rates, same = _choose_layout(model, x, probe, device)
+                choice = ForwardChoice(batch, cl, rates, layout_rates, same)
+        cache[key] = choice
+        log.info("forward choice for %s rows %s: %s", type(model).__name__, tuple(row_shape), choice.record())
     return cache[key]
+
+
+def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES) -> int:
+    """The fastest forward batch size of ``model`` for rows of ``row_shape`` (:func:`forward_choice`)."""
+    return forward_choice(model, row_shape, sizes).batch
+
+
+def fast_forward(model: nn.Module, choice: ForwardChoice) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward in the layout ``choice`` picked."""
+    return ChannelsLast(model) if choice.channels_last else model
 
 
 def sends_queries(model: nn.Module) -> bool:

@@ -15,7 +15,7 @@ from torch import nn
 
 from medshield.attacks.geometry import distance
 from medshield.models import eval_mode, predict_labels
-from medshield.models.inference import best_batch_size, chunks, is_stochastic, sends_queries
+from medshield.models.inference import chunks, fast_forward, forward_choice, is_stochastic, sends_queries
 from medshield.types import Norm
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -31,17 +31,28 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None) -> LabelFn:
     """A :data:`LabelFn` over a local model: eval mode, inference mode, chunks of ``batch_size`` rows;
     works for 1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`.
 
-    ``batch_size=None`` picks the chunk from a measured sweep (:func:`best_batch_size`, once per row
-    shape) and never sends chunks under 8 rows, which keeps every label as one big batch gives it; a model that draws its own noise per
-    call (a randomised defense) keeps one call per 4096 rows, so its draws stay as they were, and a
-    remote model (:func:`sends_queries`) is never swept: probes would spend the service's budget."""
+    ``batch_size=None`` picks the chunk and the memory layout from a measurement
+    (:func:`medshield.models.inference.forward_choice`, once per row shape, with the first call's rows
+    in the label probe): chunks are never under 8 rows, which keeps every label as one big batch gives
+    it, and channels-last is used only where it was faster with identical labels. A model that draws
+    its own noise per call (a randomised defense) keeps one contiguous call per 4096 rows, so its draws
+    stay as they were, and a remote model (:func:`sends_queries`) is never swept: probes would spend
+    the service's budget. An explicit ``batch_size`` keeps the plain contiguous forward."""
     device = next(model.parameters()).device
     fixed = batch_size or (4096 if is_stochastic(model) or sends_queries(model) else None)
+    forwards: dict[bool, Callable[[torch.Tensor], torch.Tensor]] = {}  # one channels-last copy per label function
 
     def labels(x: torch.Tensor) -> torch.Tensor:
-        parts = x.split(fixed) if fixed else chunks(x, best_batch_size(model, x.shape[1:]))
+        if fixed:
+            forward, parts = model, x.split(fixed)
+        else:
+            choice = forward_choice(model, x.shape[1:], probe=x[:256])
+            if choice.channels_last not in forwards:
+                forwards[choice.channels_last] = fast_forward(model, choice)
+            forward = forwards[choice.channels_last]
+            parts = chunks(x, choice.batch)
         with eval_mode(model), torch.inference_mode():
-            out = [predict_labels(model(chunk.to(device))).cpu() for chunk in parts]
+            out = [predict_labels(forward(chunk.to(device))).cpu() for chunk in parts]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
     return labels
