@@ -5,7 +5,8 @@ side by side: wall times, the speed-up and whether the two ``audit.json`` files 
         --n-images 8 --shard-size 2 --budgets 500,1000 --workers 2 [--per-image] [--json out.json]
 
 Each worker runs its shards with one torch thread (``threads_per_job``), so on a machine with N
-idle cores N workers should approach N times one worker.
+idle cores N workers should approach N times one worker. On GPUs: ``--device cuda --gpus-per-job 1``
+(N workers need N GPUs); on a running cluster: ``--address HEAD_IP:6379``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def config(args: argparse.Namespace, workers: int) -> CampaignConfig:
         "blackbox": {"attacks": [args.attack], "defenses": ["none"], "n_images": args.n_images,
                      "shard_size": args.shard_size, "budgets": [int(b) for b in args.budgets.split(",")],
                      "per_image": args.per_image},
-        "executor": "ray", "workers": workers, "threads_per_job": 1})
+        "executor": "ray", "workers": workers, "threads_per_job": 1, "device": args.device,
+        "gpus_per_job": args.gpus_per_job, "address": args.address})
 
 
 def main() -> None:
@@ -48,6 +50,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--per-image", action="store_true", help="seed and attack each image on its own (records "
                     "independent of --shard-size)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (every job's device)")
+    ap.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray num_gpus per job (1 = one GPU each)")
+    ap.add_argument("--address", help="an existing Ray cluster (default: a local one)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_ray_shards"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
