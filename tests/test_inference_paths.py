@@ -42,10 +42,11 @@ def test_sweep_is_cached_and_leaves_the_global_rng_alone() -> None:
 
 
 def test_auto_batch_gives_the_labels_and_attack_of_one_big_batch() -> None:
-    """Same seed: HSJA through the swept chunking ends with exactly the adversarials of 4096-row calls."""
+    """Same seed: HSJA through the swept chunking ends with exactly the adversarials of 4096-row calls
+    (layout pinned: channels-last logits may differ from contiguous ones in the last bit)."""
     model = tiny_model(seed=2)
     x = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * torch.linspace(0, 1, 300).view(-1, 1, 1, 1)
-    auto, big = model_label_fn(model), model_label_fn(model, 4096)
+    auto, big = model_label_fn(model, layout="contiguous"), model_label_fn(model, 4096)
     y = big(x)
     assert torch.equal(auto(x), y) and not auto(x).is_inference()
     keep = torch.cat([torch.nonzero(y == c).squeeze(1)[:3] for c in (0, 1)])
@@ -216,3 +217,19 @@ def test_explicit_path_and_remote_models_are_left_as_they_are() -> None:
     net = Remote()
     model_label_fn(net)(torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0)))
     assert net.seen == [True] and net not in inf._BEST
+
+
+def test_a_pinned_layout_is_used_without_a_layout_trial() -> None:
+    """``layout="contiguous"`` (the campaign's: records must not depend on a timing) skips the trial;
+    ``"channels_last"`` is used as asked; both give the labels of the plain model here."""
+    import medshield.models.inference as inf
+
+    model = tiny_model(in_channels=3, seed=5)
+    x = torch.rand(24, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = model_label_fn(model, 4096)(x)
+    assert torch.equal(model_label_fn(model, layout="contiguous")(x), plain)
+    assert not inf.forward_choice(model, (3, 16, 16), layouts=False).layout_tried
+    assert torch.equal(model_label_fn(model, layout="channels_last")(x), plain)
+    assert torch.equal(model_label_fn(model, 8, layout="channels_last")(x), plain)
+    with pytest.raises(ValueError, match="layout"):
+        model_label_fn(model, layout="nhwc")

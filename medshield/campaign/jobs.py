@@ -145,8 +145,9 @@ def _attack_shard(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, def
     randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(y), seed=seed,
                          norm=norm, adaptive_k=adaptive_k if randomized else 1)
-    base_fn = model_label_fn(model) if not defense.is_none else None
-    rec = run_job(attack, model_label_fn(defended), x, y, cfg, job_seed, desc, base_fn, starts=starts)
+    # contiguous, not measured: records are a function of the configuration, whatever worker runs the job
+    base_fn = model_label_fn(model, layout="contiguous") if not defense.is_none else None
+    rec = run_job(attack, model_label_fn(defended, layout="contiguous"), x, y, cfg, job_seed, desc, base_fn, starts=starts)
     return rec, randomized, cfg.adaptive_k
 
 

@@ -180,7 +180,7 @@ def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -
 def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int) -> list[int]:
     """``n`` correctly classified test images, the same for every attack and defense of a model."""
     model, ds = _load(run, base["dataset"], base["data_dir"], base.get("device", "cpu"))
-    return select_images(model_label_fn(model), ds.split(cfg.split), n, cfg.seed).tolist()
+    return select_images(model_label_fn(model, layout="contiguous"), ds.split(cfg.split), n, cfg.seed).tolist()
 
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any],

@@ -39,6 +39,7 @@ class BlackboxConfig:
     norm: str = "l2"
     batch_size: int | None = None  # rows per label-function call (a remote target: one request per call);
     # None: a local model's measured best batch (medshield.models.inference; randomised defenses 4096)
+    layout: str = "auto"  # a local model's memory layout: measured (auto), or pinned: contiguous, channels_last
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
     verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)
@@ -245,7 +246,7 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     def inputs(**parts: Any) -> dict[str, Any] | None:
         return None if identity is None else job_identity(**identity, **parts)
 
-    select_fn = label_fn or model_label_fn(model, cfg.batch_size)
+    select_fn = label_fn or model_label_fn(model, cfg.batch_size, cfg.layout)
     indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
     records, strips = [], {}
@@ -261,8 +262,8 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
             clean = store.get_or_run(f"clean|{spec}|seed{dcfg.seed}|repeats{dcfg.clean_repeats}|n{len(part)}",
                                      lambda: clean_job(model, part, defense_spec, dcfg, positive_class),
                                      inputs(defense=spec, seed=dcfg.seed, repeats=dcfg.clean_repeats))
-        fn = label_fn or model_label_fn(defended, dcfg.batch_size)
-        base_fn = model_label_fn(model, dcfg.batch_size) if label_fn is None and name != "none" else None
+        fn = label_fn or model_label_fn(defended, dcfg.batch_size, dcfg.layout)
+        base_fn = model_label_fn(model, dcfg.batch_size, dcfg.layout) if label_fn is None and name != "none" else None
         v_tag = f"|verify-base{dcfg.verify_repeats}" if base_fn is not None else ""
         defense = "remote" if label_fn is not None else name
         for attack in dcfg.attacks:

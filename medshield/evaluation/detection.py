@@ -97,7 +97,7 @@ def attack_stream_record(detector: StreamDetector, model: nn.Module, attack_name
             advance(used - seen[0], info=f"flagged {sum(f is not None for f in flagged.values())}/{o.n}")
             seen[0] = used
 
-        oracle = attack(model_label_fn(model), x, y, [cfg.budget], generator=torch.Generator().manual_seed(cfg.seed),
+        oracle = attack(model_label_fn(model, layout="contiguous"), x, y, [cfg.budget], generator=torch.Generator().manual_seed(cfg.seed),
                         hooks=[hook], progress=report).oracle
     _, dist = oracle.best(cfg.budget)
     return {"kind": f"attack:{attack_name}", "stream": attack_name, **flag_stats(list(flagged.values()), cfg.within),
@@ -157,7 +157,7 @@ def run_detection(model: nn.Module, ds: Dataset, cfg: DetectionConfig, split: st
         raise MedShieldError(f"--within ({cfg.within}) must not exceed --budget ({cfg.budget})")
     detector = build_detector(ds.split("train").images(), cfg)
     part = ds.split(split)
-    indices = select_images(model_label_fn(model), part, cfg.n_images, cfg.seed)
+    indices = select_images(model_label_fn(model, layout="contiguous"), part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
     records = [attack_stream_record(detector, model, a, x, y, cfg) for a in cfg.attacks]
     records += [benign_record(detector, part.images(), kind, cfg) for kind in ("clean", "noisy", "shifted")]

@@ -35,6 +35,8 @@ SWEEP_SIZES = tuple(2**k for k in range(3, 13))  # 8 .. 4096
 LAYOUT_MARGIN = 1.03
 """Channels-last is chosen only when it answers at least this many times the contiguous rate: on a
 tie (1-channel inputs, small nets) the plain layout stays, so timing noise does not flip the choice."""
+LAYOUTS = ("auto", "contiguous", "channels_last")
+"""Memory layouts a label function can use: measured (auto) or pinned."""
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +94,10 @@ class ForwardChoice:
     rates: dict[int, float] = field(default_factory=dict)  # rows/s per batch size (contiguous)
     layout_rates: dict[str, float] = field(default_factory=dict)  # rows/s at ``batch``: contiguous, channels_last
     labels_identical: bool | None = None  # channels-last vs contiguous on the probe; None: not tried
+
+    @property
+    def layout_tried(self) -> bool:
+        return self.labels_identical is not None
 
     @property
     def layout(self) -> str:
@@ -162,33 +168,36 @@ def _choose_layout(model: nn.Module, x: torch.Tensor, probe: torch.Tensor | None
 
 
 def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES,
-                   probe: torch.Tensor | None = None) -> ForwardChoice:
+                   probe: torch.Tensor | None = None, layouts: bool = True) -> ForwardChoice:
     """The fastest forward of ``model`` (eval mode, inference mode) for rows of ``row_shape``: the batch
-    size from a contiguous sweep, then channels-last vs contiguous timed at that batch (interleaved, best
-    of 3); channels-last is kept only if it is :data:`LAYOUT_MARGIN` faster and gives the same label
-    as contiguous on every row of the probe batch (the sweep's seeded batch plus ``probe``, e.g. the
-    caller's first queries). Measured once per (model, row shape, thread count, device), cached for the
-    model's lifetime, and logged."""
+    size from a contiguous sweep, then (``layouts``) channels-last vs contiguous timed at that batch
+    (interleaved, best of 3); channels-last is kept only if it is :data:`LAYOUT_MARGIN` faster and gives
+    the same label as contiguous on every row of the probe batch (the sweep's seeded batch plus
+    ``probe``, e.g. the caller's first queries). Measured once per (model, row shape, thread count,
+    device), cached for the model's lifetime, and logged."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     key = (tuple(row_shape), torch.get_num_threads(), str(device))
     cache = _BEST.setdefault(model, {})
-    if key not in cache:
-        with eval_mode(model), torch.inference_mode():
+    choice = cache.get(key)
+    want_layout = layouts and (choice is None or not choice.layout_tried) and can_use_channels_last(model, row_shape)
+    if choice is not None and not want_layout:
+        return choice
+    with eval_mode(model), torch.inference_mode():
+        if choice is None:
             rates = forward_rates(model, row_shape, sizes, device=device)
-            batch = max(rates, key=rates.__getitem__)
-            choice = ForwardChoice(batch, rates=rates)
-            if can_use_channels_last(model, row_shape):
-                x = torch.rand(batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
-                cl, layout_rates, same = _choose_layout(model, x, probe, device)
-                choice = ForwardChoice(batch, cl, rates, layout_rates, same)
-        cache[key] = choice
-        log.info("forward choice for %s rows %s: %s", type(model).__name__, tuple(row_shape), choice.record())
-    return cache[key]
+            choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates)
+        if want_layout:
+            x = torch.rand(choice.batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
+            cl, layout_rates, same = _choose_layout(model, x, probe, device)
+            choice = ForwardChoice(choice.batch, cl, choice.rates, layout_rates, same)
+    cache[key] = choice
+    log.info("forward choice for %s rows %s: %s", type(model).__name__, tuple(row_shape), choice.record())
+    return choice
 
 
 def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES) -> int:
     """The fastest forward batch size of ``model`` for rows of ``row_shape`` (:func:`forward_choice`)."""
-    return forward_choice(model, row_shape, sizes).batch
+    return forward_choice(model, row_shape, sizes, layouts=False).batch
 
 
 def fast_forward(model: nn.Module, choice: ForwardChoice) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from medshield.attacks.geometry import distance
 from medshield.models import eval_mode, predict_labels
-from medshield.models.inference import chunks, fast_forward, forward_choice, is_stochastic, sends_queries
+from medshield.models.inference import LAYOUTS, ChannelsLast, chunks, forward_choice, is_stochastic, sends_queries
 from medshield.types import Norm
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -27,30 +27,40 @@ QueryHook = Callable[[torch.Tensor, torch.Tensor], None]
 """Called with ``(image_index [M], queries [M, C, H, W])`` before each batch is answered (detectors, logs)."""
 
 
-def model_label_fn(model: nn.Module, batch_size: int | None = None) -> LabelFn:
+def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str = "auto") -> LabelFn:
     """A :data:`LabelFn` over a local model: eval mode, inference mode, chunks of ``batch_size`` rows;
     works for 1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`.
 
-    ``batch_size=None`` picks the chunk and the memory layout from a measurement
-    (:func:`medshield.models.inference.forward_choice`, once per row shape, with the first call's rows
-    in the label probe): chunks are never under 8 rows, which keeps every label as one big batch gives
-    it, and channels-last is used only where it was faster with identical labels. A model that draws
-    its own noise per call (a randomised defense) keeps one contiguous call per 4096 rows, so its draws
-    stay as they were, and a remote model (:func:`sends_queries`) is never swept: probes would spend
-    the service's budget. An explicit ``batch_size`` keeps the plain contiguous forward."""
+    ``batch_size=None`` picks the chunk from a measured sweep
+    (:func:`medshield.models.inference.forward_choice`, once per row shape) and never sends chunks under
+    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the memory
+    layout from that measurement (channels-last only where it was faster with identical labels on the
+    probe, the first call's rows included); channels-last logits can differ from contiguous ones in the
+    last bit, so a result that must be byte-reproducible across processes pins ``"contiguous"`` (the
+    campaign does) or ``"channels_last"``. A model that draws its own noise per call (a randomised
+    defense) keeps one contiguous call per 4096 rows, so its draws stay as they were, and a remote model
+    (:func:`sends_queries`) is never swept and always gets the caller's rows: probes would spend the
+    service's budget."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     device = next(model.parameters()).device
-    fixed = batch_size or (4096 if is_stochastic(model) or sends_queries(model) else None)
+    remote, stochastic = sends_queries(model), is_stochastic(model)
+    fixed = batch_size or (4096 if stochastic or remote else None)
+    pinned = layout == "channels_last" and not remote and not stochastic
     forwards: dict[bool, Callable[[torch.Tensor], torch.Tensor]] = {}  # one channels-last copy per label function
+
+    def forward_for(channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        if channels_last not in forwards:
+            forwards[channels_last] = ChannelsLast(model) if channels_last else model
+        return forwards[channels_last]
 
     def labels(x: torch.Tensor) -> torch.Tensor:
         if fixed:
-            forward, parts = model, x.split(fixed)
+            forward, parts = forward_for(pinned and x.ndim == 4), x.split(fixed)
         else:
-            choice = forward_choice(model, x.shape[1:], probe=x[:256])
-            if choice.channels_last not in forwards:
-                forwards[choice.channels_last] = fast_forward(model, choice)
-            forward = forwards[choice.channels_last]
-            parts = chunks(x, choice.batch)
+            choice = forward_choice(model, x.shape[1:], probe=x[:256], layouts=layout == "auto")
+            cl = choice.channels_last if layout == "auto" else pinned and x.ndim == 4
+            forward, parts = forward_for(cl), chunks(x, choice.batch)
         with eval_mode(model), torch.inference_mode():
             out = [predict_labels(forward(chunk.to(device))).cpu() for chunk in parts]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
