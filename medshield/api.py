@@ -234,18 +234,20 @@ def blackbox(run: str | Path | None, out: str | Path, dataset: str | None = None
              shard_size: int = 10, target: str | None = None, api_key: str | None = None,
              batch_size: int | None = None, adaptive_k: int = 1, device: str = "cpu",
              surrogate: str | Path | None = None, overwrite: bool = False,
-             calibration: CalibrationConfig | None = CalibrationConfig()) -> dict[str, Any]:
+             calibration: CalibrationConfig | None = CalibrationConfig(), layout: str = "contiguous") -> dict[str, Any]:
     """Decision-based black-box evaluation (thesis chapter 5) of a local run, or of a live service with
     ``target`` (its URL) and ``api_key``; writes ``OUT/blackbox.json``, ``OUT/l2_vs_queries.png``,
     ``OUT/strips.png`` and ``OUT/blackbox.md``; resumable (``OUT/jobs.json``). ``defenses`` are
     :class:`DefenseSpec` values; ``adaptive_k`` > 1 makes the attacker take a majority over k repeats;
-    ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model). Stored jobs
+    ``surrogate`` is the attacker's own run (the ``surrogate`` attack's substitute model); ``layout``
+    ``"auto"`` lets a measurement pick channels-last where faster (logits differ in the last bit, so the
+    default pins ``"contiguous"`` and a seed reproduces bit for bit). Stored jobs
     are reused only from the same model (or service), data, defense, attack, budgets and seed; others
     are refused naming the difference, or recomputed with ``overwrite``.
     Parameter-less ``rnd``/``dnd`` are calibrated to ``calibration``'s tolerance on the validation split
     (None: registry defaults); ``OUT/calibration.png`` shows the search."""
     cfg = BlackboxConfig(n_images=n_images, seed=seed, norm=str(norm), shard_size=shard_size, adaptive_k=adaptive_k,
-                         surrogate_run=str(surrogate) if surrogate else None)
+                         surrogate_run=str(surrogate) if surrogate else None, layout=layout)
     substitute = load_run(Path(surrogate), device)[0] if surrogate else None
     cfg.attacks = attacks or list(cfg.attacks)
     cfg.budgets = sorted(budgets or list(cfg.budgets))

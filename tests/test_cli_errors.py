@@ -114,3 +114,8 @@ def test_eps_out_of_range_or_unparseable_yaml(tmp_path: Path, run_dir: Path, eps
     cfg.write_text(yaml.safe_dump({"whitebox": {"eps": [eps], "attacks": ["fgsm"], "n_images": 2},
                                    **{k: {"enabled": False} for k in ("clean", "transfer", "blackbox", "detection")}}))
     one_error_line(["audit", "--run", str(run_dir), "--config", str(cfg), "--out", str(tmp_path / "o")], "eps")
+
+
+def test_blackbox_layout_is_checked_at_the_edge(tmp_path: Path, run_dir: Path) -> None:
+    one_error_line(["blackbox", "--run", str(run_dir), "--dataset", "demo", "--layout", "nhwc", "--budgets", "10",
+                    "--n-images", "1", "--out", str(tmp_path / "b")], "--layout")

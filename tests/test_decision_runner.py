@@ -178,3 +178,18 @@ def test_runner_calls_the_attacks_entry_point(monkeypatch) -> None:  # noqa: ANN
     direct = HopSkipJump(norm="l2")(fn, x, y, [60, 120], generator=torch.Generator().manual_seed(5))
     assert job["l2"]["120"] == direct[120].l2.tolist() and job["queries"] == direct.oracle.queries.tolist()
     assert job["sent_attack"] == sum(job["queries"])
+
+
+def test_default_layout_is_pinned_and_another_is_part_of_the_job(demo_model, tmp_path) -> None:  # noqa: ANN001
+    """Channels-last logits differ from contiguous in the last bit: the default pins contiguous (a seed
+    reproduces bit for bit); a run with another layout keeps its jobs apart."""
+    from medshield.data import load_demo
+    from medshield.evaluation.blackbox import run_blackbox
+
+    part = load_demo().test
+    base = dict(attacks=["hsja"], budgets=[30], n_images=2, n_bootstrap=10, clean_repeats=1)
+    assert BlackboxConfig().layout == "contiguous"
+    run_blackbox(demo_model, part, tmp_path, BlackboxConfig(**base))
+    run_blackbox(demo_model, part, tmp_path, BlackboxConfig(**base, layout="channels_last"))
+    keys = [k for k in json.loads((tmp_path / "jobs.json").read_text())["jobs"] if "|hsja|" in k]
+    assert len(keys) == 2 and sum("|layout=channels_last" in k for k in keys) == 1

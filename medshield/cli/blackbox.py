@@ -11,7 +11,9 @@ from medshield import api
 from medshield.cli.common import (CommandGroup, DataDir, Device, MaxCleanDrop, Out, Overwrite, RunDataset, Seed, alias,
                                   calibration_config, emit, refs, user_errors)
 from medshield.defenses.inference import DefenseSpec
+from medshield.errors import MedShieldError
 from medshield.evaluation.blackbox import BlackboxConfig
+from medshield.models.inference import LAYOUTS
 from medshield.types import Norm, parse_budgets, split_list
 
 DEFAULT_ATTACKS = ",".join(BlackboxConfig.attacks)
@@ -42,6 +44,9 @@ def blackbox(
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
     surrogate: Annotated[Path | None, typer.Option("--surrogate", help="The attacker's own run (substitute "
                                                    "model) for the surrogate attack.")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="Memory layout of a local model: contiguous (records "
+                                        "reproduce bit for bit), auto (measured: channels-last where faster; "
+                                        "logits differ in the last bit) or channels_last.")] = "contiguous",
     device: Device = "cpu",
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -51,6 +56,8 @@ def blackbox(
 ) -> None:
     """Decision-based black-box attacks at several query budgets; writes OUT/blackbox.json, plots, table.
     rnd/dnd without parameters are calibrated to --max-clean-drop on the validation split."""
+    if layout not in LAYOUTS:
+        raise MedShieldError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     specs = [DefenseSpec.parse(d) for d in split_list(alias(defenses, defense_old, "none"))]
     budget_list = parse_budgets(budgets) if budgets else None
     if target and not target.startswith(("http://", "https://")):
@@ -60,7 +67,7 @@ def blackbox(
                            n_images=n_images, defenses=specs, seed=seed, norm=Norm.parse(norm), target=target,
                            api_key=api_key, batch_size=batch_size, adaptive_k=adaptive, device=device,
                            surrogate=surrogate, overwrite=overwrite,
-                           calibration=calibration_config(max_clean_drop, seed))
+                           calibration=calibration_config(max_clean_drop, seed), layout=layout)
     emit([{k: r[k] for k in ("attack", "defense_spec", "adaptive_k", "budget", "mean_l2", "median_l2", "success_rate",
                              "defended_clean_accuracy")}
           for r in summary["records"]])

@@ -39,7 +39,8 @@ class BlackboxConfig:
     norm: str = "l2"
     batch_size: int | None = None  # rows per label-function call (a remote target: one request per call);
     # None: a local model's measured best batch (medshield.models.inference; randomised defenses 4096)
-    layout: str = "auto"  # a local model's memory layout: measured (auto), or pinned: contiguous, channels_last
+    layout: str = "contiguous"  # a local model's memory layout: pinned (records bit-reproducible), or
+    # "auto" (measured, faster where channels-last wins; its logits differ in the last bit) or "channels_last"
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
     verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)
@@ -255,6 +256,8 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
         defended = defense_spec.build(model, seed=cfg.seed) if label_fn is None else None
         dcfg = adaptive_config(cfg, defended, x)
         k_tag = f"|k{dcfg.adaptive_k}" if dcfg.adaptive_k > 1 else ""
+        # the default pinned layout keeps old keys; another one is part of the job (logits differ in the last bit)
+        l_tag, l_part = ("", {}) if dcfg.layout == "contiguous" else (f"|layout={dcfg.layout}", {"layout": dcfg.layout})
         # jobs keep their old keys (a defense at its defaults is keyed by its name), so old runs resume
         tag = name if defense_spec.resolved() == DefenseSpec(name).resolved() else spec
         clean = None
@@ -271,14 +274,14 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
             for k, rows in enumerate(torch.arange(x.shape[0]).split(dcfg.shard_size)):
                 s_tag = f"|surrogate={dcfg.surrogate_run}" if attack.lower() == "surrogate" else ""
                 key = f"{tag if label_fn is None else defense}|{attack}|{dcfg.norm}|{','.join(map(str, dcfg.budgets))}|" \
-                      f"seed{dcfg.seed}{k_tag}{v_tag}{s_tag}|{','.join(map(str, indices[rows].tolist()))}"
+                      f"seed{dcfg.seed}{k_tag}{v_tag}{s_tag}{l_tag}|{','.join(map(str, indices[rows].tolist()))}"
                 desc = f"{attack} vs {spec if label_fn is None else defense} [{k + 1}/{-(-x.shape[0] // dcfg.shard_size)}]"
                 job_inputs = inputs(
                     defense=spec if label_fn is None else defense, attack=attack, norm=dcfg.norm,
                     budgets=list(dcfg.budgets), seed=dcfg.seed + k, adaptive_k=dcfg.adaptive_k,
                     verify_repeats=dcfg.verify_repeats if base_fn is not None else None,
                     surrogate=model_fingerprint(dcfg.surrogate_run) if s_tag and dcfg.surrogate_run else None,
-                    images=indices[rows].tolist())
+                    images=indices[rows].tolist(), **l_part)
                 jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], dcfg,
                                                                   dcfg.seed + k, desc, base_fn, surrogate), job_inputs))
             records += summarise(attack, defense_spec if label_fn is None else None, jobs, dcfg, clean)
