@@ -1,6 +1,6 @@
 """Our APGD-CE / AutoAttack vs the reference AutoAttack code (``pyautoattack``) on a trained run's test
-images: robust accuracy of each on the same model, images and eps (the quick version of the slow test
-``tests/test_autoattack_crosscheck.py``, which trains its own model and uses 200 images).
+images: robust accuracy of each on the same model, images and eps (the check of the slow test
+``tests/test_autoattack_crosscheck.py``, which trains its own model and uses 30 images, on an existing run).
 
 The reference attacks the 2-class model padded with 8 constant -1000 logits (its targeted members need 10
 classes). ``--targets 1`` runs its APGD-T and FAB-T against the one reachable target class instead of the
