@@ -104,6 +104,9 @@ def test_not_transcribed_values_render_honestly_beside_ours(tmp_path: Path) -> N
     rnd = by[("chest", "6-3", "mean_l2", "gbba", "rnd", 20_000)]
     assert rnd["thesis"] == 29.27 and rnd["ours"] == 1.5 and "1 of 2 images verified adversarial (2 claimed)" in rnd["note"]
     assert by[("chest", "6-3", "mean_l2", "gbba", "rnd", 15_000)]["ours"] is None
+    ratio = by[("chest", "6-3", "l2_ratio", "gbba/gbba", "rnd/none", 20_000)]
+    assert ratio["thesis"] == pytest.approx(29.27 / 2.23) and ratio["ours"] is None  # no GBBA-vs-none figure
+    assert by[("breast", "6-2", "l2_ratio", "gbba/gbba", "rnd/none", 20_000)]["thesis"] is None
     result = {"preset": "mid", "description": "d", "data_dir": "D", "datasets": [], "skipped": [], "eps": 2 / 255,
               "records": records}
     md = write_thesis_report(result, tmp_path)[1].read_text()

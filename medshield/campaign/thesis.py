@@ -3,12 +3,14 @@ datasets are present, with its published numbers beside ours.
 
 The work is an ordinary audit campaign per dataset (:func:`medshield.campaign.audit.audit`: same jobs,
 same executors, same resumable ``jobs.json``) on models trained here (``OUT/models/<dataset>_<model>``,
-kept once trained). :data:`THESIS_NUMBERS` holds the published figures; :func:`ours` reads the matching
-figure from the campaign's records. Chapter 3: clean accuracy (Table 3-3) and white-box robust
-accuracy (Table 3-4); chapter 4: AT/ANT robust accuracy (Table 4-3 on the chest X-rays); chapter 5:
-decision-based attacks' mean L2 at 10K queries (Table 5-4); chapter 6: GBBA's mean L2 at 20K queries
-against RND/DND (Table 6-3). The thesis's "FGSM" is its Algorithm 1, iterative FGSM stopping at the first
-flip: ours is ``fgsm_iter``. AT/ANT attack the pre-trained model once (``source="fixed"``), as the thesis.
+kept once trained). :data:`THESIS_FIGURES` holds every row of the thesis's Tables 3-3..6-3 on its three
+datasets, with the published value where :data:`THESIS_NUMBERS` has it (None: not transcribed here);
+:func:`ours` reads the matching figure from the campaign's records. Chapter 3: clean accuracy (Table 3-3),
+white-box robust accuracy (3-4), transfer (3-5/3-6); chapter 4: AT/ANT robust accuracy (4-1 CT, 4-2 breast,
+4-3 chest) and noise-only training (4-4/4-5); chapter 5: decision-based attacks' mean L2 per budget (5-2..5-4);
+chapter 6: GBBA's mean L2 against RND/DND (6-1..6-3). The thesis's "FGSM" is its Algorithm 1, iterative FGSM
+stopping at the first flip: ours is ``fgsm_iter``. AT/ANT attack the pre-trained model once
+(``source="fixed"``), as the thesis.
 
 Absolute L2 distances are not comparable: the thesis measures them on 224x224x3 images in its own pixel
 scale, ours on the images we attack in [0, 1]; ratios (GBBA/HSJA, RND/none) cancel the pixel scale but
@@ -534,14 +536,14 @@ def ratio_records(records: list[dict[str, Any]], plans: dict[str, DatasetPlan] |
     for each attack and defense)."""
     out = []
     for ds in THESIS_DATASETS:
-        def find(key: tuple[str, str, int], ds: str = ds) -> dict[str, Any] | None:
-            return next((r for r in records if r["role"] == ds and r["quantity"] == "mean_l2"
-                         and (r["attack"], r["defense"], r["budget"]) == key), None)
+        def find(chapter: int, key: tuple[str, str, int], ds: str = ds) -> dict[str, Any] | None:
+            return next((r for r in records if r["role"] == ds and r["chapter"] == chapter
+                         and r["quantity"] == "mean_l2" and (r["attack"], r["defense"], r["budget"]) == key), None)
 
         plan = (plans or {}).get(ds)
         size = f" (ours {plan.input_text}, thesis {THESIS_INPUT})" if plan else ""
         for chapter, num, den in RATIOS:
-            a, b = find(num), find(den)
+            a, b = find(chapter, num), find(chapter, den)
             if a is None or b is None:
                 continue
             label = f"{num[0].upper()}/{den[0].upper()}" if num[1] == den[1] else f"{num[1].upper()}/{den[1]}"

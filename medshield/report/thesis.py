@@ -100,7 +100,9 @@ def l2_table(chapter: int, records: list[dict[str, Any]]) -> Table:
     for (table, dataset, attack, defense), by_budget in groups.items():
         first = next(iter(by_budget.values()))
         for who in ("thesis", "ours"):
-            label = "thesis" if who == "thesis" else "ours: " + first.get("our_model", "not run")
+            published = any(r["thesis"] is not None for r in by_budget.values())
+            label = ("thesis" if published else "thesis: not transcribed") if who == "thesis" else \
+                "ours: " + first.get("our_model", "not run")
             rows.append([table, dataset, f"{name(attack)} vs {name(defense)}", label,
                          *(_l2_cell(by_budget.get(b), who) for b in budgets),
                          first["comparable"] if who == "ours" else ""])
