@@ -120,7 +120,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Bounded
         cfg.pretrained = None  # weights come from the checkpoint
         was_pretrained = config["model"].get("pretrained")
         model = create_model(cfg)
-        if was_pretrained:
+        if was_pretrained and not cfg.freeze_backbone:  # create_model already gave a frozen-backbone run its head
             replace_head(cfg.name, model.net, cfg.num_classes, cfg.dropout)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # wrong types in a hand-edited config.json
         reason = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else type(exc).__name__
