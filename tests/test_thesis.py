@@ -249,3 +249,20 @@ def test_plan_limits_sections_to_runs_and_defended_attacks(demo_run: Path, demo_
     assert blackbox == [f"blackbox|{demo_run2.name}|{a}|{d}|l2|0{t}" for d, a, t in
                         (("none", "hsja", ""), ("none", "gbba", ""), ("rnd", "hsja", "|k5"))]
     assert [k for k in keys if k.startswith("defense|")] == [f"defense|{demo_run.name}|at"]
+
+
+def test_a_resnet_fine_tuned_on_a_frozen_run_backbone_loads_back(tmp_path: Path) -> None:
+    """The CT and breast models of the mid/full presets are resnets with a frozen backbone from the chest run:
+    loading one must not replace its head twice (smallcnn hid this: its head takes any input width)."""
+    import torch
+
+    from medshield.models.checkpoint import load_run, save_run
+    from medshield.models.factory import create_model
+
+    save_run(tmp_path / "src", create_model(name="resnet18", in_channels=1, num_classes=2, image_size=32))
+    tuned = create_model(name="resnet18", in_channels=1, num_classes=2, image_size=32,
+                         pretrained=str(tmp_path / "src"), freeze_backbone=True).eval()
+    save_run(tmp_path / "ft", tuned)
+    loaded, _ = load_run(tmp_path / "ft")
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loaded(x), tuned(x))

@@ -282,17 +282,18 @@ PRESETS: dict[str, ThesisPreset] = {
                   defenses={"enabled": True, "epochs": 1, "eval_attacks": "fgsm_iter,mifgsm", "eval_n": 150, **FIXED},
                   workers=2)),
     "full": ThesisPreset(
-        "full", "the thesis's scale: ResNet-50 and DenseNet-121 at 224x224 on the Kermany chest X-rays (and "
+        "full", "the thesis's scale: ResNet-50 and DenseNet-121 at 224x224 on the Kermany chest X-rays (their backbones, "
+                "frozen, start the CT and breast models), COVID-CT (and "
                 "BreastMNIST upscaled), budgets 1K-20K on 50 images; hours of GPU training",
         (DatasetPlan("chest", "chest_xray", "chest_xray", "the thesis's own chest X-ray set (Kermany, 224x224 RGB)",
                      {"resnet": "resnet50", "densenet": "densenet121"}, {"resnet": 10, "densenet": 10}, rgb=True,
                      thesis_data=True),
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", "BreastMNIST upscaled to 224x224 RGB stands in for "
                      "the thesis's breast cancer set", {"resnet": "resnet50", "densenet": "densenet121"},
-                     {"resnet": 10, "densenet": 10}, rgb=True, resize=224),
+                     {"resnet": 10, "densenet": 10}, rgb=True, resize=224, backbone_from="chest"),
          DatasetPlan("ct", "covid_ct", "COVID-CT", "the thesis's own CT set (COVID-CT, official split, 224x224 RGB)",
                      {"resnet": "resnet50", "densenet": "densenet121"}, {"resnet": 10, "densenet": 10}, rgb=True,
-                     thesis_data=True, train_attacks={"at": "mifgsm", "ant": "fgsm_iter"})),
+                     thesis_data=True, train_attacks={"at": "mifgsm", "ant": "fgsm_iter"}, backbone_from="chest")),
         _campaign(whitebox={"attacks": ["fgsm", "bim", "pgd", "mifgsm"], "eps": ["1/255", "2/255", "4/255", "8/255"],
                             "n_images": 500, "batch_size": 32},
                   blackbox={"budgets": BUDGETS, "n_images": 50, "shard_size": 5, "defended_attacks": ["gbba"]},
@@ -384,15 +385,15 @@ def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: P
     return runs
 
 
-def backbone_runs(plan: DatasetPlan, done: dict[str, tuple[DatasetPlan, dict[str, str], dict[str, Any]]]
+def backbone_runs(plan: DatasetPlan, trained: dict[str, tuple[DatasetPlan, dict[str, str]]]
                   ) -> tuple[DatasetPlan, dict[str, str] | None]:
     """The runs ``plan.backbone_from`` names (role -> run folder), or None with the plan marked as trained
-    from scratch where that dataset did not run."""
+    from scratch where that dataset's models were not trained."""
     if plan.backbone_from is None:
         return plan, None
-    if plan.backbone_from not in done:
+    if plan.backbone_from not in trained:
         return replace(plan, backbone_from=None), None
-    source, runs, _ = done[plan.backbone_from]
+    source, runs = trained[plan.backbone_from]
     differ = {r: (a, source.models.get(r)) for r, a in plan.models.items() if source.models.get(r) != a}
     if differ:
         raise MedShieldError(f"{plan.dataset} takes its backbones from {source.dataset}, but the architectures differ: "
@@ -564,8 +565,9 @@ def ratio_records(records: list[dict[str, Any]], plans: dict[str, DatasetPlan] |
 def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick", workers: int | None = None,
                      executor: str | None = None, address: str | None = None,
                      config: str | Path | None = None, roles: list[str] | None = None) -> dict[str, Any]:
-    """Train, run the campaign per present dataset (``roles``: only these thesis datasets), and write ``OUT/thesis.json``, ``thesis.md`` and
-    ``thesis.html`` (the thesis's figures beside ours, one table per chapter). Resumable: trained models
+    """Train, run the campaign per present dataset (``roles``: only these thesis datasets, and the backbone
+    sources they need trained), and write ``OUT/thesis.json``, ``thesis.md`` and ``thesis.html`` (the thesis's
+    figures beside ours, one table per chapter). Resumable: trained models
     and finished campaign jobs are kept. A plan with ``backbone_from`` trains after that dataset, from
     its models' backbones (frozen); where that dataset did not run, from scratch (and its rows say so)."""
     start = time.perf_counter()
@@ -573,17 +575,20 @@ def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick
     data_dir, out = Path(data_dir), Path(out)
     cfg = preset_config(spec, config, workers=workers, executor=executor, address=address)
     plans, skipped = present(spec, data_dir)
-    plans = [p for p in plans if roles is None or p.role in roles]
     eps = cfg.transfer.eps
+    trained: dict[str, tuple[DatasetPlan, dict[str, str]]] = {}
     done: dict[str, tuple[DatasetPlan, dict[str, str], dict[str, Any]]] = {}
+    sources = {p.backbone_from for p in plans if roles is None or p.role in roles}
     for plan in plans:
-        if plan.role in done:
+        if plan.role in trained or (roles is not None and plan.role not in roles and plan.role not in sources):
             continue
-        plan, backbones = backbone_runs(plan, done)
-        runs = train_models(plan, spec, data_dir, out, cfg.seed, backbones)
-        res = audit(list(runs.values()), out / plan.dataset, dataset=plan.dataset, data_dir=data_dir,
-                    config=dataset_config(cfg, plan))
-        done[plan.role] = (plan, runs, res)
+        plan, backbones = backbone_runs(plan, trained)
+        trained[plan.role] = (plan, train_models(plan, spec, data_dir, out, cfg.seed, backbones))
+        if roles is None or plan.role in roles:  # a backbone source outside ``roles`` is trained, not audited
+            runs = trained[plan.role][1]
+            res = audit(list(runs.values()), out / plan.dataset, dataset=plan.dataset, data_dir=data_dir,
+                        config=dataset_config(cfg, plan))
+            done[plan.role] = (plan, runs, res)
     reasons = {s["role"]: s["reason"] for s in skipped if s["role"]}
     records = [figure_record(f, *done.get(f.dataset, (None, None, None)), eps, reasons.get(f.dataset))
                for f in THESIS_FIGURES]
