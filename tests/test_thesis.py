@@ -125,8 +125,9 @@ def test_comparability_never_claims_the_same_model() -> None:
                 else:
                     assert text.startswith("roughly:") and plan.input_text in text and "epochs" in text
                     assert ("frozen" in text and plan.backbone_from) or "from scratch" in text
-    ct = next(p for p in get_preset("mid").datasets if p.role == "ct")
-    assert "backbone from our chest model, frozen" in comparability(THESIS_FIGURES[0], ct)
+    mid, full = (next(p for p in get_preset(name).datasets if p.role == "ct") for name in ("mid", "full"))
+    assert "initialised from our chest model, every layer fine-tuned" in comparability(THESIS_FIGURES[0], mid)
+    assert "backbone from our chest model, frozen" in comparability(THESIS_FIGURES[0], full)
 
 
 def test_mid_preset_names_its_data(shared_data: Path) -> None:
