@@ -200,6 +200,8 @@ class DatasetPlan:
     train_attacks: dict[str, str] = field(default_factory=dict)
     backbone_from: str | None = None
     freeze_backbone: bool = True
+    blackbox_images: int | None = None  # label-only images (one shard) where the campaign's count is too few
+
 
     def run_name(self, role: str) -> str:
         arch = self.models[role]
@@ -271,7 +273,7 @@ PRESETS: dict[str, ThesisPreset] = {
                "images start from each other where noise never fools the model)",
         (DatasetPlan("chest", "chest_xray", "chest_xray", "the thesis's own chest X-ray set (Kermany) at 64x64 grey, "
                      "10% of train split off for validation", MID_MODELS, {"resnet": 2, "densenet": 6}, size=64,
-                     thesis_data=True),
+                     thesis_data=True, blackbox_images=6),  # the first 4 picks are all pneumonia, as noise is
          # Frozen, the chest backbones gave constant classifiers here (BreastMNIST 73.08% = all benign; COVID-CT
          # 55% in t17b's runs): the CT and breast models start from them and fine-tune every layer.
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", "BreastMNIST (BUSI ultrasound) upscaled to 64x64 "
@@ -359,7 +361,10 @@ def dataset_config(cfg: CampaignConfig, plan: DatasetPlan) -> CampaignConfig:
         "title": f"{cfg.title} — {plan.dataset}",
         "whitebox": wb.model_copy(update={"enabled": True, "attacks": attacks, "eps": eps}),
         "blackbox": cfg.blackbox.model_copy(update={"enabled": cfg.blackbox.enabled and bool(chapters & {5, 6}),
-                                                    "runs": [plan.run_name(plan.blackbox)]}),
+                                                    "runs": [plan.run_name(plan.blackbox)],
+                                                    **({"n_images": plan.blackbox_images,
+                                                        "shard_size": plan.blackbox_images}
+                                                       if plan.blackbox_images else {})}),
         "detection": cfg.detection.model_copy(update={"runs": [plan.run_name(plan.blackbox)]}),
         "defenses": d.model_copy(update={"enabled": d.enabled and 4 in chapters, "runs": [plan.run_name(plan.hardened)],
                                          "defenses": training, "eval_attacks": eval_attacks,
