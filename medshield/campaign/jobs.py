@@ -14,7 +14,7 @@ import torch
 from medshield.attacks import create_attack
 from medshield.attacks.decision import model_label_fn
 from medshield.defenses.inference import DefenseSpec
-from medshield.evaluation.blackbox import BlackboxConfig, run_job
+from medshield.evaluation.blackbox import STARTS, BlackboxConfig, run_job, start_pool_indices
 from medshield.evaluation.calibration import CalibrationConfig, calibrate_dataset
 from medshield.evaluation.checks import is_randomised
 from medshield.evaluation.defended import defended_clean_metrics
@@ -103,7 +103,7 @@ def transfer_job(source: str, targets: list[str], dataset: str | None, data_dir:
 def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str, seed: int, attack: str,
                  defense: DefenseSpec, indices: list[int], budgets: list[int], norm: str, shard: int,
                  device: str = "cpu", adaptive_k: int = 1, per_image: bool = False,
-                 pool: list[int] | None = None) -> dict[str, Any]:
+                 pool: list[int] | None = None, starts: str | None = None) -> dict[str, Any]:
     """One (attack, defense, image shard) of the label-only evaluation; the defense's noise comes from a
     generator seeded by the job's identity, so a re-run gives the same answers. When the defended
     model is randomised (two passes on the same images differ), the attacker takes a majority vote over
@@ -113,21 +113,24 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
     from its index, so the records do not depend on how the images are sharded: N workers running
     one-image shards give exactly the records of one job over all images (no cross-image batching).
     Its starting point is the first image of ``pool`` (all the evaluation's images, the same for every
-    shard) with another label, where noise finds none."""
+    shard) with another label, where noise finds none. ``starts`` (:data:`STARTS`, part of the job's
+    identity): where noise and the shard's other images give no starting point, the attacker's own
+    images of every class (:func:`start_pool_indices`, outside the evaluation's images) are tried."""
     model, ds = _load(run, dataset, data_dir, device)
     part = ds.split(split)
     x, y = part.images(indices), part.labels[indices]
+    start_pool = part.images(start_pool_indices(part, pool or indices, seed)) if starts == STARTS else None
     desc = f"{attack} vs {defense} [{ref_name(run)} #{shard}]"
     if per_image:
         pool_y = part.labels[pool or indices]
         parts = [_attack_shard(model, x[i:i + 1], y[i:i + 1], attack, defense, budgets, norm, seed, adaptive_k,
                                derived_seed(seed, run, attack, defense, "image", index), desc,
-                               _other_label_start(part, pool or indices, pool_y, y[i]))
+                               _other_label_start(part, pool or indices, pool_y, y[i]), start_pool)
                  for i, index in enumerate(indices)]
         rec, randomized, k = merge_records([p[0] for p in parts]), any(p[1] for p in parts), max(p[2] for p in parts)
     else:
         rec, randomized, k = _attack_shard(model, x, y, attack, defense, budgets, norm, seed, adaptive_k,
-                                           derived_seed(seed, run, attack, defense, shard), desc)
+                                           derived_seed(seed, run, attack, defense, shard), desc, start_pool=start_pool)
     if shard:
         rec.pop("first_adversarial")  # one image's strip per (attack, defense) is enough
     else:
@@ -138,7 +141,8 @@ def blackbox_job(run: str, dataset: str | None, data_dir: str | None, split: str
 
 def _attack_shard(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, defense: DefenseSpec, budgets: list[int],
                   norm: str, seed: int, adaptive_k: int, job_seed: int, desc: str,
-                  starts: torch.Tensor | None = None) -> tuple[dict[str, Any], bool, int]:
+                  starts: torch.Tensor | None = None,
+                  start_pool: torch.Tensor | None = None) -> tuple[dict[str, Any], bool, int]:
     """One attack run on ``x`` against the defended model seeded with ``job_seed``: the record, whether
     the defended model is randomised, and the majority-vote repeats used."""
     defended = defense.build(model, seed=job_seed)
@@ -147,7 +151,8 @@ def _attack_shard(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, def
                          norm=norm, adaptive_k=adaptive_k if randomized else 1)
     # contiguous, not measured: records are a function of the configuration, whatever worker runs the job
     base_fn = model_label_fn(model, layout="contiguous") if not defense.is_none else None
-    rec = run_job(attack, model_label_fn(defended, layout="contiguous"), x, y, cfg, job_seed, desc, base_fn, starts=starts)
+    rec = run_job(attack, model_label_fn(defended, layout="contiguous"), x, y, cfg, job_seed, desc, base_fn, starts=starts,
+                  start_pool=start_pool)
     return rec, randomized, cfg.adaptive_k
 
 

@@ -24,7 +24,7 @@ from medshield.campaign.jobs import _load, _load_target, calibration_job, split_
 from medshield.defenses.inference import DefenseSpec
 from medshield.defenses.training import TRAINING_DEFENSES
 from medshield.errors import MedShieldError
-from medshield.evaluation.blackbox import BlackboxConfig, select_images, summarise
+from medshield.evaluation.blackbox import STARTS, BlackboxConfig, select_images, summarise
 from medshield.evaluation.calibration import calibration_summary, needs_calibration
 from medshield.evaluation.executor import Job, run_jobs
 from medshield.evaluation.store import RecordStore
@@ -202,7 +202,8 @@ def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any],
                     jobs.append(Job(f"blackbox|{_name(run)}|{attack}|{defense}|{bb.norm}|{k}{tag}", f"{JOBS}:blackbox_job",
                                     {"run": run, **base, "attack": attack, "defense": defense, "indices": shard,
                                      "budgets": bb.budgets, "norm": str(bb.norm), "shard": k, **adaptive,
-                                     **({"per_image": True, "pool": idx} if bb.per_image else {})}))
+                                     "pool": idx, "starts": STARTS,
+                                     **({"per_image": True} if bb.per_image else {})}))
     if cfg.detection.enabled and covers(cfg.detection.runs, run):
         det = cfg.detection
         jobs.append(Job(f"detection|{_name(run)}", f"{JOBS}:detection_job",

@@ -25,6 +25,11 @@ from medshield.evaluation.identity import job_identity, model_fingerprint
 from medshield.evaluation.store import RecordStore
 from medshield.progress import progress_bar
 
+# How starting points are found, part of every local job's identity: noise, the shard's other images,
+# then the attacker's own images of every class (:func:`start_pool_indices`).
+STARTS = "noise,shard,pool5"
+
+
 @dataclass
 class BlackboxConfig:
     """What a black-box evaluation runs (typed: budgets are ints, defenses :class:`DefenseSpec`)."""
@@ -57,6 +62,21 @@ def select_images(label_fn: LabelFn, part: ImageSet, n: int, seed: int) -> torch
     return correct[pick].sort().values
 
 
+def start_pool_indices(part: ImageSet, exclude: Sequence[int], seed: int, per_class: int = 5) -> list[int]:
+    """The attacker's own images, a starting point of last resort (see ``other_image_start``): up to
+    ``per_class`` images of every class of ``part`` outside ``exclude``, seeded, the classes interleaved
+    so that a starting point of another class is among the first tries whatever an image's class."""
+    order = torch.randperm(len(part), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    skip = set(int(i) for i in exclude)
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        c = int(part.labels[i])
+        if i not in skip and len(by_class.setdefault(c, [])) < per_class:
+            by_class[c].append(i)
+    picks = [by_class[c] for c in sorted(by_class)]
+    return [i for row in zip(*picks) for i in row] if picks else []
+
+
 def counting(label_fn: LabelFn) -> tuple[LabelFn, list[int]]:
     """``label_fn`` plus a one-element list counting the images sent through it."""
     sent = [0]
@@ -80,7 +100,7 @@ def attack_options(attack_name: str, surrogate: nn.Module | None) -> dict[str, A
 
 def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, cfg: BlackboxConfig,
             seed: int, desc: str, base_fn: LabelFn | None = None, surrogate: nn.Module | None = None,
-            starts: torch.Tensor | None = None) -> dict[str, Any]:
+            starts: torch.Tensor | None = None, start_pool: torch.Tensor | None = None) -> dict[str, Any]:
     """One (attack, defense, shard) job: per-image distances at every budget, queries and seconds.
     ``sent_attack`` counts the images that reached ``label_fn`` during the attack (equal to the sum of
     per-image queries; with ``cfg.adaptive_k = k`` every logical query is ``k`` model queries, all
@@ -91,7 +111,7 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
     adds the attacker's claims (``claim_l2``: the closest point the noisy target answered as adversarial,
     what the attacker would hand in) and ``defended_fool_rate`` (the share of ``cfg.verify_repeats``
     fresh defended answers that are wrong on the claim). ``starts``: adversarial starting images (one
-    per image; else uniform noise, then the shard's other images)."""
+    per image; else uniform noise, then the shard's other images, then ``start_pool``)."""
     attack = DECISION_ATTACKS.create(attack_name, norm=cfg.norm, **attack_options(attack_name, surrogate))
     counted, sent = counting(label_fn)  # what the attack sends
     rechecked, resent = counting(label_fn)  # what the evaluator sends afterwards
@@ -107,6 +127,7 @@ def run_job(attack_name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tenso
 
         results = attack(majority_vote(counted, cfg.adaptive_k), x, y, cfg.budgets, cost=cfg.adaptive_k,
                          generator=torch.Generator().manual_seed(seed), starts=starts, progress=report,
+                         start_pool=start_pool,
                          verify_fn=base_fn if base_fn is not None else majority_vote(rechecked, cfg.adaptive_k))
     oracle = results.oracle
     claims = defended_claims(oracle, rechecked, cfg.verify_repeats) if base_fn is not None else {}
@@ -250,6 +271,7 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
     select_fn = label_fn or model_label_fn(model, cfg.batch_size, cfg.layout)
     indices = select_images(select_fn, part, cfg.n_images, cfg.seed)
     x, y = part.images(indices.tolist()), part.labels[indices]
+    pool = part.images(start_pool_indices(part, indices.tolist(), cfg.seed))
     records, strips = [], {}
     for defense_spec in cfg.defenses:
         name, spec = defense_spec.name, defense_spec.label()
@@ -281,9 +303,9 @@ def run_blackbox(model: nn.Module | None, part: ImageSet, out: str | Path, cfg: 
                     budgets=list(dcfg.budgets), seed=dcfg.seed + k, adaptive_k=dcfg.adaptive_k,
                     verify_repeats=dcfg.verify_repeats if base_fn is not None else None,
                     surrogate=model_fingerprint(dcfg.surrogate_run) if s_tag and dcfg.surrogate_run else None,
-                    images=indices[rows].tolist(), **l_part)
-                jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], dcfg,
-                                                                  dcfg.seed + k, desc, base_fn, surrogate), job_inputs))
+                    images=indices[rows].tolist(), starts=STARTS, **l_part)
+                jobs.append(store.get_or_run(key, lambda: run_job(attack, fn, x[rows], y[rows], dcfg, dcfg.seed + k,
+                                                                  desc, base_fn, surrogate, start_pool=pool), job_inputs))
             records += summarise(attack, defense_spec if label_fn is None else None, jobs, dcfg, clean)
             strips[f"{attack}|{spec if label_fn is None else defense}"] = jobs[0]["first_adversarial"]
     config = {**cfg.__dict__, "budgets": list(cfg.budgets), "defenses": [str(d) for d in cfg.defenses]}

@@ -53,13 +53,15 @@ class DecisionAttack(ABC):
     def __call__(self, label_fn: LabelFn, images: torch.Tensor, labels: torch.Tensor, budgets: Sequence[int], *,
                  targets: torch.Tensor | None = None, starts: torch.Tensor | None = None, seed: int = 0,
                  generator: torch.Generator | None = None, hooks: Sequence[QueryHook] = (),
-                 progress: Progress | None = None, cost: int = 1, verify_fn: LabelFn | None = None) -> BudgetResults:
+                 progress: Progress | None = None, cost: int = 1, verify_fn: LabelFn | None = None,
+                 start_pool: torch.Tensor | None = None) -> BudgetResults:
         """Run on ``images [N, C, H, W]`` in [0, 1] with per-image query ``budgets``; randomness from
         ``generator`` (default one seeded with ``seed``). ``cost`` model queries are charged per logical
         query (an adaptive attacker's ``k`` repeats); ``verify_fn`` re-checks the final adversarials
-        (default: ``label_fn``; a randomised defense's evaluation passes the undefended model)."""
+        (default: ``label_fn``; a randomised defense's evaluation passes the undefended model).
+        ``start_pool [P, C, H, W]``: the attacker's own images, the last resort for a starting point."""
         oracle = LabelOracle(label_fn, images, labels, budgets, targets=targets, norm=self.norm, hooks=hooks,
-                             cost=cost)
+                             cost=cost, start_pool=start_pool)
         start = time.perf_counter()
         self.run(oracle, generator if generator is not None else torch.Generator().manual_seed(seed), starts=starts,
                  progress=progress)

@@ -116,6 +116,7 @@ class LabelOracle:
         hooks: Sequence[QueryHook] = (),
         max_batch: int = 8192,
         cost: int = 1,
+        start_pool: torch.Tensor | None = None,
     ) -> None:
         budgets = sorted({int(b) for b in budgets})
         if not budgets or budgets[0] < 1:
@@ -128,6 +129,9 @@ class LabelOracle:
         self.images = images.detach().clone().float()
         self.labels = labels.detach().clone().long()
         self.targets = None if targets is None else targets.detach().clone().long()
+        # the attacker's own images (e.g. of every class), tried as starting points where neither noise
+        # nor the other attacked images are adversarial (one class in a shard); queries are charged
+        self.start_pool = None if start_pool is None else start_pool.detach().clone().float()
         self.norm = Norm.parse(norm)
         self.budgets = budgets
         self.max_budget = budgets[-1]

@@ -50,7 +50,8 @@ def noise_start(oracle: LabelOracle, idx: torch.Tensor, generator: torch.Generat
 def other_image_start(oracle: LabelOracle, idx: torch.Tensor, generator: torch.Generator,
                       max_tries: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """Fallback start when noise is never adversarial (common on 2-class medical models): the other
-    images of the run, in a seeded random order, one batched query per round."""
+    images of the run, in a seeded random order, one batched query per round; then, for images still
+    without a start (every attacked image of one class), the oracle's ``start_pool`` in its order."""
     x0 = oracle.images[idx]
     x_adv, found = x0.clone(), torch.zeros(idx.numel(), dtype=torch.bool)
     order = torch.randperm(oracle.n, generator=generator)
@@ -62,6 +63,15 @@ def other_image_start(oracle: LabelOracle, idx: torch.Tensor, generator: torch.G
         cand_idx = torch.where(cand_idx == idx[todo], order[(k + todo.numel()) % oracle.n], cand_idx)
         cand = oracle.images[cand_idx]
         hit = oracle.query(idx[todo], cand) & (cand_idx != idx[todo])
+        x_adv[todo[hit]] = cand[hit]
+        found[todo[hit]] = True
+    pool = oracle.start_pool
+    for k in range(0 if pool is None else min(max_tries, pool.shape[0])):
+        todo = torch.nonzero(~found & ~oracle.exhausted[idx]).squeeze(1)
+        if todo.numel() == 0:
+            break
+        cand = pool[k].expand(todo.numel(), *pool.shape[1:]).clone()
+        hit = oracle.query(idx[todo], cand)
         x_adv[todo[hit]] = cand[hit]
         found[todo[hit]] = True
     return x_adv, found
