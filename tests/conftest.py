@@ -37,6 +37,21 @@ class TinyNet(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class MeanThreshold(nn.Module):
+    """Two logits ``[-s, s] * scale`` with ``s`` the mean pixel minus ``threshold``: class 1 above it. A
+    linear boundary whose distance from any image is known; the parameter lets ``model_label_fn`` find
+    the device."""
+
+    def __init__(self, threshold: float = 0.5, scale: float = 10.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.scale = nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True) - self.threshold
+        return torch.cat([-m, m], 1) * self.scale
+
+
 def tiny_model(in_channels: int = 1, num_classes: int = 2, seed: int = 0) -> BoundedModel:
     """A tiny deterministic CNN in a BoundedModel (eval mode)."""
     with torch.random.fork_rng(devices=[]):

@@ -157,16 +157,9 @@ def test_runner_calls_the_attacks_entry_point(monkeypatch) -> None:  # noqa: ANN
     from medshield.attacks.decision.hsja import HopSkipJump
     from medshield.evaluation.blackbox import run_job
 
-    class Half(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.tensor(8.0))
+    from tests.conftest import MeanThreshold
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            m = x.flatten(1).mean(1, keepdim=True) - 0.5
-            return torch.cat([-m, m], 1) * self.w
-
-    fn = model_label_fn(Half())
+    fn = model_label_fn(MeanThreshold(scale=8.0))
     x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2)) * 0.4
     y = torch.zeros(3, dtype=torch.long)
     cfg = BlackboxConfig(attacks=["hsja"], budgets=[60, 120], n_images=3, n_bootstrap=10)

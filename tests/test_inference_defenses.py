@@ -5,6 +5,7 @@ import torch
 
 from medshield.defenses.detection import StreamDetector
 from medshield.defenses.inference import DND, INFERENCE_DEFENSES, RND, DefenseSpec
+from tests.conftest import MeanThreshold
 
 
 class Identity(torch.nn.Module):
@@ -84,18 +85,6 @@ def test_blackbox_defense_registry(tiny) -> None:  # noqa: ANN001
     # one set of defaults: the spec, the registry and the class agree (dnd m = 0.01 everywhere)
     built = DefenseSpec.parse("dnd").build(tiny)
     assert (built.m, built.n) == (0.01, 0.5) == (DND(tiny).m, DND(tiny).n)
-
-
-class MeanThreshold(torch.nn.Module):
-    """Two logits: class 1 where the mean pixel exceeds 0.5 (needs a parameter for model_label_fn)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(10.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.flatten(1).mean(1, keepdim=True) - 0.5
-        return torch.cat([-m, m], 1) * self.scale
 
 
 def test_adaptive_majority_vote_beats_rnd_noise_with_fresh_draws() -> None:

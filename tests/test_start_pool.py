@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from medshield.attacks.decision import DECISION_ATTACKS, model_label_fn
 from medshield.data import ImageSet
 from medshield.evaluation.blackbox import BlackboxConfig, run_blackbox, start_pool_indices
+from tests.conftest import MeanThreshold
 
 
-class Brightness(nn.Module):
+def brightness() -> MeanThreshold:
     """Class 1 when the mean pixel is above 0.3 (uniform noise, mean 0.5, is class 1)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = (x.flatten(1).mean(1) - 0.3) * self.scale
-        return torch.stack([-s, s], dim=1)
+    return MeanThreshold(threshold=0.3, scale=20.0)
 
 
 def bright_and_dark(n: int = 6) -> ImageSet:
@@ -34,7 +27,7 @@ def bright_and_dark(n: int = 6) -> ImageSet:
 
 @pytest.mark.parametrize("name", ["hsja", "gbba", "opt"])
 def test_one_class_shard_starts_from_the_pool(name: str) -> None:
-    data, model = bright_and_dark(), Brightness()
+    data, model = bright_and_dark(), brightness()
     x, y = data.images([0, 1, 2]), data.labels[:3]
     attack = DECISION_ATTACKS.create(name)
     without = attack(model_label_fn(model), x, y, [300], seed=0)[300]
@@ -57,7 +50,7 @@ def test_runner_finds_starts_on_a_one_class_selection(tmp_path) -> None:  # noqa
     data = ImageSet(bright_and_dark().data[[0, 1, 2, 3, 9]], torch.tensor([1, 1, 1, 1, 0]))
     cfg = BlackboxConfig(attacks=["hsja"], budgets=[200], n_images=3, n_bootstrap=10, clean_repeats=1, seed=3)
     # seed 3 picks 3 of the 4 bright images: the selection is one class, the pool has the dark one
-    res = run_blackbox(Brightness(), ImageSet(data.data[:4], data.labels[:4]), tmp_path / "a", cfg)
+    res = run_blackbox(brightness(), ImageSet(data.data[:4], data.labels[:4]), tmp_path / "a", cfg)
     assert res["records"][0]["success_rate"] == 0.0  # no image of another class anywhere: nothing to start from
-    res = run_blackbox(Brightness(), data, tmp_path / "b", cfg)
+    res = run_blackbox(brightness(), data, tmp_path / "b", cfg)
     assert all(i != 4 for i in res["image_indices"]) and res["records"][0]["success_rate"] == 1.0
