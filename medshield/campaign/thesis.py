@@ -273,7 +273,7 @@ PRESETS: dict[str, ThesisPreset] = {
                "images start from each other where noise never fools the model)",
         (DatasetPlan("chest", "chest_xray", "chest_xray", "the thesis's own chest X-ray set (Kermany) at 64x64 grey, "
                      "10% of train split off for validation", MID_MODELS, {"resnet": 2, "densenet": 6}, size=64,
-                     thesis_data=True, blackbox_images=6),  # the first 4 picks are all pneumonia, as noise is
+                     thesis_data=True),  # its first 4 picks are all pneumonia: they start from the start pool
          # Frozen, the chest backbones gave constant classifiers here (BreastMNIST 73.08% = all benign; COVID-CT
          # 55% in t17b's runs): the CT and breast models start from them and fine-tune every layer.
          DatasetPlan("breast", "breastmnist", "breastmnist.npz", "BreastMNIST (BUSI ultrasound) upscaled to 64x64 "
