@@ -75,9 +75,11 @@ def audit(runs: list[str], out: str | Path, dataset: str | None = None, data_dir
 
 
 def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick", workers: int | None = None,
-                     executor: str | None = None, address: str | None = None, config: str | Path | None = None) -> dict[str, Any]:
+                     executor: str | None = None, address: str | None = None, config: str | Path | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """The thesis's experiment grid beside its published numbers (see :mod:`medshield.campaign.thesis`)."""
-    return run_thesis(data_dir, out, preset=preset, workers=workers, executor=executor, address=address, config=config)
+    return run_thesis(data_dir, out, preset=preset, workers=workers, executor=executor, address=address, config=config,
+                      overwrite=overwrite)
 
 
 # ---- white-box attacks and transferability (issue 3) ----

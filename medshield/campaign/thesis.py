@@ -31,7 +31,8 @@ from medshield.campaign.audit import audit
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.errors import MedShieldError
 from medshield.evaluation.services import train
-from medshield.models.checkpoint import resolve_device, write_json
+from medshield.models.checkpoint import read_json, resolve_device, write_json
+from medshield.models.pretrained import RUN_WEIGHTS, sha256_file
 from medshield.models.train import TrainConfig
 from medshield.report.thesis import CHAPTERS, write_thesis_report  # noqa: F401  (CHAPTERS re-exported)
 from medshield.types import eps_label
@@ -376,16 +377,47 @@ def _device(preset: ThesisPreset) -> str:
     return str(resolve_device(preset.device))
 
 
+def _planned(plan: DatasetPlan, preset: ThesisPreset, role: str, seed: int, source: str | None) -> dict[str, Any]:
+    """What a role's run must have been trained with to be reused (flattened config keys -> values);
+    the backbone by the SHA-256 of its source's weights, so a retrained source makes this run stale."""
+    return {"model.name": plan.models[role], "train.epochs": plan.epochs[role], "train.seed": seed,
+            "train.batch_size": preset.batch_size, "data.dataset": plan.dataset, "data.size": plan.size,
+            "data.rgb": plan.rgb, "data.resize": plan.resize,
+            "model.freeze_backbone": source is not None and plan.freeze_backbone,
+            "model.backbone.sha256": sha256_file(Path(source) / RUN_WEIGHTS) if source else None}
+
+
+def _trained_otherwise(run: Path, planned: dict[str, Any]) -> str:
+    """How the finished run in ``run`` differs from ``planned`` ("" when it is the planned model)."""
+    config = read_json(run / "config.json")
+    diffs = []
+    for key, want in planned.items():
+        have: Any = config
+        for part in key.split("."):
+            have = have.get(part) if isinstance(have, dict) else None
+        if have != want:
+            diffs.append(f"{key} {have!r} (planned {want!r})")
+    return ", ".join(diffs)
+
+
 def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: Path, seed: int,
-                 backbones: dict[str, str] | None = None) -> dict[str, str]:
+                 backbones: dict[str, str] | None = None, overwrite: bool = False) -> dict[str, str]:
     """Train (or reuse, or resume) each role's model into ``OUT/models/<run name>``; role -> run folder.
-    ``backbones`` (role -> run folder): start each role's model from that run's backbone, frozen."""
+    ``backbones`` (role -> run folder): start each role's model from that run's backbone. A finished run
+    is reused only when trained as planned (architecture, data, epochs, seed, backbone weights); otherwise
+    it is refused with the difference named, or retrained with ``overwrite``."""
     runs = {}
     for k, (role, arch) in enumerate(plan.models.items()):
         run = out / "models" / plan.run_name(role)
         source = (backbones or {}).get(role)
-        if not (run / "metrics.json").is_file():
-            resume = (run / "state").exists()
+        planned = _planned(plan, preset, role, seed + k, source)
+        finished = (run / "metrics.json").is_file()
+        differs = _trained_otherwise(run, planned) if finished else ""
+        if differs and not overwrite:
+            raise MedShieldError(f"{run} was trained otherwise than the {preset.name} preset plans: {differs}; "
+                                 "pass --overwrite to retrain it, or choose another --out")
+        if not finished or differs:
+            resume = not differs and (run / "state").exists()
             tc = TrainConfig(epochs=plan.epochs[role], batch_size=preset.batch_size, seed=seed + k, device=_device(preset))
             train(plan.dataset, run, model=arch, data_dir=data_dir, size=plan.size, rgb=plan.rgb, resize=plan.resize,
                   train_config=tc, resume=resume, overwrite=not resume, pretrained=source,
@@ -577,12 +609,14 @@ def ratio_records(records: list[dict[str, Any]], plans: dict[str, DatasetPlan] |
 
 def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick", workers: int | None = None,
                      executor: str | None = None, address: str | None = None,
-                     config: str | Path | None = None, roles: list[str] | None = None) -> dict[str, Any]:
+                     config: str | Path | None = None, roles: list[str] | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Train, run the campaign per present dataset (``roles``: only these thesis datasets, and the backbone
     sources they need trained), and write ``OUT/thesis.json``, ``thesis.md`` and ``thesis.html`` (the thesis's
     figures beside ours, one table per chapter). Resumable: trained models
     and finished campaign jobs are kept. A plan with ``backbone_from`` trains after that dataset, from
-    its models' backbones (frozen); where that dataset did not run, from scratch (and its rows say so)."""
+    its models' backbones (frozen); where that dataset did not run, from scratch (and its rows say so).
+    Models and jobs from other settings are refused with the difference named, or redone with ``overwrite``."""
     start = time.perf_counter()
     spec = get_preset(preset)
     data_dir, out = Path(data_dir), Path(out)
@@ -596,11 +630,11 @@ def reproduce_thesis(data_dir: str | Path, out: str | Path, preset: str = "quick
         if plan.role in trained or (roles is not None and plan.role not in roles and plan.role not in sources):
             continue
         plan, backbones = backbone_runs(plan, trained)
-        trained[plan.role] = (plan, train_models(plan, spec, data_dir, out, cfg.seed, backbones))
+        trained[plan.role] = (plan, train_models(plan, spec, data_dir, out, cfg.seed, backbones, overwrite))
         if roles is None or plan.role in roles:  # a backbone source outside ``roles`` is trained, not audited
             runs = trained[plan.role][1]
             res = audit(list(runs.values()), out / plan.dataset, dataset=plan.dataset, data_dir=data_dir,
-                        config=dataset_config(cfg, plan))
+                        config=dataset_config(cfg, plan), overwrite=overwrite)
             done[plan.role] = (plan, runs, res)
     reasons = {s["role"]: s["reason"] for s in skipped if s["role"]}
     records = [figure_record(f, *done.get(f.dataset, (None, None, None)), eps, reasons.get(f.dataset))

@@ -130,10 +130,12 @@ def reproduce_thesis(
     executor: Annotated[str | None, typer.Option(help="local (process pool) or ray.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel jobs.")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address for --executor ray.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Retrain models and recompute jobs that OUT holds from "
+                                            "other settings (refused otherwise, with the difference named).")] = False,
 ) -> None:
     """The thesis's experiment grid (chapters 3-6) on its datasets present under --data-dir, its published
     numbers beside ours: OUT/thesis.md, thesis.html, thesis.json."""
     res = api.reproduce_thesis(data_dir, out, preset=preset, workers=workers, executor=executor, address=address,
-                               config=config)
+                               config=config, overwrite=overwrite)
     emit({"report": str(out / "thesis.html"), "markdown": str(out / "thesis.md"), "records": str(out / "thesis.json"),
           "datasets": [d["dataset"] for d in res["datasets"]], "skipped": res["skipped"]})
