@@ -124,3 +124,23 @@ def test_majority_vote_over_noisy_model_flips_less() -> None:
     voted = (majority_vote(noisy, 5)(x) != 1).float().mean()
     assert 0.1 < single and voted < single / 3
     assert majority_vote(noisy, 1) is noisy
+
+
+class _NoParameters(torch.nn.Module):
+    """A fixed rule with no parameters or buffers (as a wrapper around a remote service can be)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(1, keepdim=True) - 0.5
+        return torch.cat([-m, m], 1)
+
+
+def test_a_model_without_parameters_is_attacked_on_the_cpu() -> None:
+    from medshield.attacks.decision.hsja import HopSkipJump
+    from medshield.models import model_device, predict
+
+    model = _NoParameters()
+    assert model_device(model) == torch.device("cpu")
+    x = torch.full((2, 1, 4, 4), 0.3)
+    assert predict(model, x).argmax(1).tolist() == [0, 0]
+    res = HopSkipJump()(model_label_fn(model), x, torch.tensor([0, 0]), [200], seed=0)
+    assert bool(res[200].success.all()) and float(res[200].l2.max()) < 1.0  # exact distance 0.8

@@ -20,7 +20,6 @@ from medshield.errors import MedShieldError
 from medshield.evaluation.blackbox import BlackboxConfig
 from medshield.evaluation.calibration import CalibrationConfig, Tolerance
 from medshield.evaluation.defense import EVAL_ATTACKS
-from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
 from medshield.types import EPS, EPS_GRID, Norm, eps_label, parse_budgets, parse_eps_value, split_list
 
 

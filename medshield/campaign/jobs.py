@@ -25,7 +25,7 @@ from medshield.evaluation.multilabel import (
 from medshield.evaluation.services import eval_images, evaluate_model, model_label, run_info, train_defended
 from medshield.evaluation.transfer import check_compatible, transfer_record
 from medshield.evaluation.whitebox import WhiteboxJob, grid_examples, run_batched, run_whitebox
-from medshield.models import predict
+from medshield.models import model_device, predict
 from medshield.models.train import TrainConfig
 from medshield.report.whitebox import write_whitebox_report
 from medshield.targets import Target, open_target, ref_name
@@ -146,7 +146,7 @@ def _attack_shard(model: Any, x: torch.Tensor, y: torch.Tensor, attack: str, def
     """One attack run on ``x`` against the defended model seeded with ``job_seed``: the record, whether
     the defended model is randomised, and the majority-vote repeats used."""
     defended = defense.build(model, seed=job_seed)
-    randomized = is_randomised(defended, x[:8].to(next(model.parameters()).device))
+    randomized = is_randomised(defended, x[:8].to(model_device(model)))
     cfg = BlackboxConfig(attacks=[attack], budgets=budgets, defenses=[defense], n_images=len(y), seed=seed,
                          norm=norm, adaptive_k=adaptive_k if randomized else 1)
     # contiguous, not measured: records are a function of the configuration, whatever worker runs the job

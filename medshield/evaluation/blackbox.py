@@ -19,6 +19,7 @@ from medshield.attacks.decision.oracle import LabelFn, majority_vote
 from medshield.data import ImageSet
 from medshield.defenses.inference import NO_DEFENSE, DefenseSpec
 from medshield.errors import MedShieldError
+from medshield.models import model_device
 from medshield.evaluation.checks import is_randomised
 from medshield.evaluation.defended import defended_metrics
 from medshield.evaluation.identity import job_identity, model_fingerprint
@@ -234,7 +235,7 @@ def adaptive_config(cfg: BlackboxConfig, defended: nn.Module | None, x: torch.Te
     the budget and understate the attack); a remote target (``defended`` None) keeps the user's ``k``."""
     if cfg.adaptive_k == 1 or defended is None:
         return cfg
-    device = next((p.device for p in defended.parameters()), torch.device("cpu"))
+    device = model_device(defended)
     return cfg if is_randomised(defended, x[:8].to(device)) else replace(cfg, adaptive_k=1)
 
 

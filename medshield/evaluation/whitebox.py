@@ -22,7 +22,7 @@ from medshield.evaluation.checks import check_result, merge_checks, model_checks
 from medshield.evaluation.identity import job_identity
 from medshield.models.metrics import classification_metrics
 from medshield.evaluation.store import RecordStore
-from medshield.models import eval_mode, predict, predict_labels, probabilities
+from medshield.models import eval_mode, model_device, predict, predict_labels, probabilities
 from medshield.progress import progress_bar
 from medshield.types import AttackResult, Norm, eps_label
 
@@ -46,7 +46,7 @@ def select_direction(labels: torch.Tensor, direction: str, positive_class: int |
 def run_batched(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | None,
                 batch_size: int, seed: int, advance=None) -> AttackResult:
     """Run ``attack`` over ``x`` in batches on the model's device; one generator seeded with ``seed``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     parts: list[AttackResult] = []
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
@@ -73,7 +73,7 @@ def concat_results(parts: list[AttackResult], seconds: float) -> AttackResult:
 def rebudget(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, raw: AttackResult, eps: float,
              norm: Norm, batch_size: int) -> AttackResult:
     """Clip a minimisation attack's unbounded result to ``eps`` in ``norm`` (one forward pass per batch)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     parts = [attack.finalize(model, xb.to(device), yb.to(device), ab.to(device), eps, False, qb.to(device), norm=norm)
              for xb, yb, ab, qb in zip(x.split(batch_size), y.split(batch_size), raw.adversarial.split(batch_size),
                                         raw.queries.split(batch_size))]
@@ -200,7 +200,7 @@ def run_whitebox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: Whiteb
     idx = select_direction(y, job.direction, positive_class)
     x, y = x[idx], y[idx]
     clean_logits = predict(model, x)
-    base_checks = model_checks(model, x[:16].to(next(model.parameters()).device), y[:16])
+    base_checks = model_checks(model, x[:16].to(model_device(model)), y[:16])
     randomized = not base_checks["randomised_model"]["ok"]
     target = ExpectationModel(model, job.eot_samples) if randomized else model
     draws = job.eot_samples if randomized else 1
@@ -267,7 +267,7 @@ def grid_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str,
     idx = torch.cat([((y == c) & correct).nonzero().squeeze(1)[:pool] for c in y.unique()])
     if idx.numel() == 0:
         return None
-    device = next(model.parameters()).device
+    device = model_device(model)
     res = create_attack(name, norm=norm).attack(model, x[idx].to(device), y[idx].to(device), eps=eps,
                                                generator=torch.Generator(device=device).manual_seed(seed))
     order = torch.argsort((~res.success.cpu()).int(), stable=True)  # successes first

@@ -74,10 +74,18 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             sub.training = state
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (else its buffers); CPU for a module holding neither, such as
+    a fixed function or a target that wraps a remote service."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Logits for ``images`` in eval mode, batched; returns ``[N, num_logits]`` on CPU."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     outs = []
     with eval_mode(model):
         for chunk in images.split(batch_size):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from medshield.models.bounded import eval_mode, predict_labels
+from medshield.models.bounded import eval_mode, model_device, predict_labels
 
 MIN_CHUNK = 8
 """Smallest chunk ever sent: oneDNN's per-row results are identical for every batch of >= 8 rows at a
@@ -175,7 +175,7 @@ def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[i
     the same label as contiguous on every row of the probe batch (the sweep's seeded batch plus
     ``probe``, e.g. the caller's first queries). Measured once per (model, row shape, thread count,
     device), cached for the model's lifetime, and logged."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     key = (tuple(row_shape), torch.get_num_threads(), str(device))
     cache = _BEST.setdefault(model, {})
     choice = cache.get(key)

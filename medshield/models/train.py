@@ -20,7 +20,7 @@ from torch import nn
 from medshield.data.base import Dataset, ImageSet
 from medshield.models.metrics import point_metrics
 from medshield.models.augment import AffineAugment
-from medshield.models.bounded import BoundedModel, class_logits, predict
+from medshield.models.bounded import BoundedModel, class_logits, model_device, predict
 from medshield.models.checkpoint import MODEL_FILE, load_tensors, resolve_device, save_tensors, write_json
 from medshield.progress import progress_bar
 
@@ -125,7 +125,7 @@ def train_mode(model: nn.Module) -> None:
 
 def _run_epoch(model, data, opt, gen, cfg, augment, hook, epoch) -> float:  # noqa: ANN001
     train_mode(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     total, count = 0.0, 0
     steps = -(-len(data) // cfg.batch_size)
     with progress_bar(f"epoch {epoch + 1}/{cfg.epochs}", steps) as advance:

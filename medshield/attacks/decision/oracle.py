@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from medshield.attacks.geometry import distance
-from medshield.models import eval_mode, predict_labels
+from medshield.models import eval_mode, model_device, predict_labels
 from medshield.models.inference import LAYOUTS, ChannelsLast, chunks, forward_choice, is_stochastic, sends_queries
 from medshield.types import Norm
 
@@ -43,7 +43,7 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
     service's budget."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     remote, stochastic = sends_queries(model), is_stochastic(model)
     fixed = batch_size or (4096 if stochastic or remote else None)
     pinned = layout == "channels_last" and not remote and not stochastic

@@ -28,7 +28,7 @@ from medshield.attacks.decision.base import Progress
 from medshield.attacks.geometry import expand, rowdot, unit
 from medshield.attacks.decision.hsja import HopSkipJump
 from medshield.attacks.decision.oracle import LabelOracle
-from medshield.models import class_logits, eval_mode
+from medshield.models import class_logits, eval_mode, model_device
 from medshield.types import Norm
 
 
@@ -36,7 +36,7 @@ def margin_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, tar
                     batch_size: int = 512) -> torch.Tensor:
     """Unit-L2 gradient (w.r.t. the input) of the surrogate's adversarial margin: ``max_{j != y} z_j - z_y``
     (untargeted) or ``z_t - max_{j != t} z_j`` (targeted); rows of ``x`` pair with ``labels``/``targets``."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     with eval_mode(model):
         for rows in torch.arange(x.shape[0]).split(batch_size):
