@@ -267,3 +267,25 @@ def test_a_resnet_fine_tuned_on_a_frozen_run_backbone_loads_back(tmp_path: Path)
     loaded, _ = load_run(tmp_path / "ft")
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(loaded(x), tuned(x))
+
+
+def test_a_model_trained_otherwise_is_refused_or_retrained(tiny_run: tuple[Path, dict], pneumonia_only: Path,
+                                                           tmp_path: Path) -> None:
+    """A finished run in OUT from other settings (here: another epoch count) is never silently reused."""
+    from medshield.campaign.thesis import train_models
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_run[0] / "models", out / "models")
+    preset = get_preset("tiny")
+    plan = preset.datasets[0]
+    run = out / "models" / plan.run_name("resnet")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["epochs"] = 3
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(MedShieldError, match=r"trained otherwise.*train\.epochs 3 \(planned 1\).*--overwrite"):
+        train_models(plan, preset, pneumonia_only, out, seed=0)
+    other = out / "models" / plan.run_name("densenet") / "model.safetensors"
+    kept = other.stat().st_mtime_ns
+    train_models(plan, preset, pneumonia_only, out, seed=0, overwrite=True)
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 1  # retrained as planned
+    assert other.stat().st_mtime_ns == kept  # the model trained as planned is reused
