@@ -238,3 +238,26 @@ def test_audit_target_card_runs_and_names_another_model(tmp_path: Path, two_mode
     audit([str(a)], tmp_path / "out", config=cfg)
     with pytest.raises(StaleRecordError, match=r"run\.model "):
         audit([str(b)], tmp_path / "out", config=cfg)
+
+
+def test_a_data_file_replaced_under_the_same_name_is_other_data(tmp_path: Path, shared_data: Path) -> None:
+    """The campaign's job identity follows the bytes of the data files, not only the dataset's name."""
+    import numpy as np
+
+    from medshield.campaign.identity import job_inputs
+
+    def identity(folder: Path) -> dict:
+        return job_inputs("m:clean_job", {"run": None, "dataset": "pneumoniamnist", "data_dir": str(folder),
+                                          "split": "test", "seed": 0})["args"]
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    shutil.copy(shared_data / "pneumoniamnist.npz", a)
+    shutil.copy(shared_data / "pneumoniamnist.npz", b)
+    same = identity(a)
+    assert same["data_files"] and identity(b)["data_files"] == same["data_files"]  # same bytes elsewhere: same data
+    arrays = dict(np.load(b / "pneumoniamnist.npz"))
+    arrays["test_labels"] = 1 - arrays["test_labels"]
+    np.savez(b / "pneumoniamnist.npz", **arrays)
+    assert identity(b)["data_files"] != same["data_files"]
+    assert job_inputs("m:clean_job", {"dataset": "demo", "data_dir": None})["args"]["data_files"] is None

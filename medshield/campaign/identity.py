@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from medshield.evaluation.executor import Job
-from medshield.evaluation.identity import model_fingerprint, run_fingerprint
+from medshield.evaluation.identity import data_files_digest, model_fingerprint, run_fingerprint
 from medshield.evaluation.store import RECORD_FORMAT, file_digest
+from medshield.models.checkpoint import CONFIG_FILE, read_json
 
 RUN_ARGS = ("run", "source", "base_run")
 RUN_LIST_ARGS = ("targets",)
@@ -24,8 +25,22 @@ EXECUTION_ARGS = ("device",)
 __all__ = ["job_inputs", "run_fingerprint", "with_identity"]
 
 
+def _data_files(kwargs: dict[str, Any]) -> str | None:
+    """The digest of the data files a job reads: its ``dataset`` under ``data_dir``, or where it names
+    none, the dataset (and MedMNIST size) its run was trained on."""
+    name, size = kwargs.get("dataset"), None
+    run = kwargs.get("run") or kwargs.get("source") or kwargs.get("base_run")
+    if run is not None and (Path(run) / CONFIG_FILE).is_file():
+        data = read_json(Path(run) / CONFIG_FILE).get("data", {})
+        name, size = name or data.get("dataset"), data.get("size")
+    if not isinstance(name, str) or name.lower().endswith(".csv"):
+        return None  # a manifest is digested on its own; a card's data comes with the card
+    return data_files_digest(name, kwargs.get("data_dir"), size if name.lower().endswith("mnist") else None)
+
+
 def job_inputs(fn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The job's identity: its function, record-format version and arguments, runs fingerprinted."""
+    """The job's identity: its function, record-format version and arguments, runs fingerprinted, and
+    the bytes of the data files it reads (a file replaced under the same name is other data)."""
     args: dict[str, Any] = {}
     for name, value in kwargs.items():
         if name in EXECUTION_ARGS:
@@ -37,6 +52,8 @@ def job_inputs(fn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         elif name in RUN_LIST_ARGS:
             value = [model_fingerprint(v) for v in value]
         args[name] = value
+    if "data_dir" in kwargs:
+        args["data_files"] = _data_files(kwargs)
     return {"format": RECORD_FORMAT, "fn": fn.rpartition(":")[2], "args": args}
 
 

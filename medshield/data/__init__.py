@@ -13,7 +13,7 @@ from medshield.data.demo import chest_phantoms, load_demo
 from medshield.data.dicom import read_dicom
 from medshield.data.folders import load_breakhis, load_class_folders, load_covid_ct, load_kermany
 from medshield.data.manifest import load_manifest
-from medshield.data.medmnist import MEDMNIST_2D, download_medmnist, load_medmnist
+from medshield.data.medmnist import MEDMNIST_2D, download_medmnist, load_medmnist, medmnist_filename
 from medshield.errors import DataError
 from medshield.registry import unknown_name_message
 
@@ -59,8 +59,25 @@ def load_dataset(
     raise DataError(unknown_name_message("dataset", name, dataset_names()))
 
 
+def dataset_files(name: str, data_dir: str | Path | None = None, size: int | None = None) -> list[Path]:
+    """The files or folders a named dataset is read from (as :func:`load_dataset` finds them), so that a
+    job's identity can follow their bytes; empty for ``demo`` (generated) and for what is not there."""
+    key = name.lower().strip()
+    if key == "demo" or key.endswith(".csv"):
+        return []
+    root = resolve_data_dir(data_dir)
+    if key in MEDMNIST_2D or key.endswith("mnist"):
+        paths = [root / medmnist_filename(key, size or 28)]
+    elif key in FOLDER_DATASETS:
+        folder = FOLDER_DATASETS[key][0]
+        paths = [root / folder if (root / folder).is_dir() else root]
+    else:
+        paths = [root]
+    return [p for p in paths if p.exists()]
+
+
 __all__ = [
-    "ENV_DATA_DIR", "SPLITS", "Dataset", "ImageSet", "chest_phantoms", "dataset_names", "download_medmnist",
+    "ENV_DATA_DIR", "SPLITS", "Dataset", "ImageSet", "chest_phantoms", "dataset_files", "dataset_names", "download_medmnist",
     "load_breakhis", "load_class_folders", "load_covid_ct", "load_dataset", "load_demo", "load_kermany",
     "load_manifest", "load_medmnist", "read_dicom", "resolve_data_dir", "stratified_split",
 ]

@@ -7,7 +7,8 @@ model and card digests. ``data`` is the dataset, split and a digest of the very 
 job attacks (so another data folder, size, manifest or image selection differs). Job stores keep
 these inputs beside each record and reuse a record only when they are equal (see
 :class:`medshield.evaluation.store.RecordStore`). Where the work runs (device, threads, HTTP batch
-size) is not part of the identity. A Python factory's own code is not hashed (its weights are).
+size) is not part of the identity. Campaign jobs also carry the digest of the data files a named
+dataset is read from (:func:`data_files_digest`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from medshield.data import dataset_files
 from medshield.evaluation.store import RECORD_FORMAT, file_digest, identity_hash
 from medshield.models.checkpoint import CONFIG_FILE, MODEL_FILE, read_json
 from medshield.targets import Target, load_card
@@ -95,6 +97,19 @@ def model_fingerprint(ref: str | Path | Target) -> dict[str, str]:
         return run_fingerprint(path)
     card = load_card(path)  # cached digests below are keyed by the card's and its files' sizes and mtimes
     return _card_fingerprint(str(path), _stamps([path, *card_files(card)]))
+
+
+@lru_cache(maxsize=16)
+def _files_digest(stamps: tuple[tuple[str, int, int], ...]) -> str:
+    return files_digest([Path(name) for name, _, _ in stamps])
+
+
+def data_files_digest(dataset: str, data_dir: str | Path | None, size: int | None = None) -> str | None:
+    """SHA-256 of the bytes of the files a named dataset is read from (:func:`medshield.data.dataset_files`;
+    cached per file size and mtime), so a data file replaced under the same name is other data; None
+    where the dataset has no files (``demo``) or they are not there."""
+    files = dataset_files(dataset, data_dir, size)
+    return _files_digest(_stamps(files)) if files else None
 
 
 def data_identity(dataset: str, split: str, x: torch.Tensor, y: torch.Tensor, **extra: Any) -> dict[str, Any]:
