@@ -267,7 +267,7 @@ PRESETS: dict[str, ThesisPreset] = {
                             **FIXED}),
         skip=FULL_ONLY),
     "mid": ThesisPreset(
-        "mid", "this 2-core CPU in about 40 minutes: the thesis's own chest X-ray and CT sets and BreastMNIST, all at "
+        "mid", "this 2-core CPU in under an hour (49 min measured): the thesis's own chest X-ray and CT sets and BreastMNIST, all at "
                "64x64 grey; resnet18 for ResNet-50 and smallcnn (strided stem) for DenseNet-121; the chest models "
                "train first and initialise the CT and breast models (every layer fine-tuned); white-box on 150 images, "
                "AT/ANT/noise 1 epoch; black-box budgets 1K-20K on 4 images (one job per attack and defense: the "

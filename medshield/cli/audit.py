@@ -125,7 +125,7 @@ def demo(
 def reproduce_thesis(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding pneumoniamnist.npz, breastmnist.npz, chest_xray/ and/or COVID-CT/.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (models, campaigns, thesis.md; resumable).")] = Path("out/thesis"),
-    preset: Annotated[str, typer.Option("--preset", help="quick (CPU minutes, 28x28 stand-ins), mid (the real sets at 64x64, CPU, ~40 min), full (thesis scale, GPU) or tiny.")] = "quick",
+    preset: Annotated[str, typer.Option("--preset", help="quick (CPU minutes, 28x28 stand-ins), mid (the real sets at 64x64, CPU, ~50 min), full (thesis scale, GPU) or tiny.")] = "quick",
     config: Annotated[Path | None, typer.Option("--config", help="Campaign YAML overriding the preset's sections.")] = None,
     executor: Annotated[str | None, typer.Option(help="local (process pool) or ray.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parallel jobs.")] = None,
