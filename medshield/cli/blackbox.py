@@ -44,9 +44,10 @@ def blackbox(
     norm: Annotated[str, typer.Option("--norm", help="l2 or linf.")] = "l2",
     surrogate: Annotated[Path | None, typer.Option("--surrogate", help="The attacker's own run (substitute "
                                                    "model) for the surrogate attack.")] = None,
-    layout: Annotated[str, typer.Option("--layout", help="Memory layout of a local model: contiguous (records "
-                                        "reproduce bit for bit), auto (measured: channels-last where faster; "
-                                        "logits differ in the last bit) or channels_last.")] = "contiguous",
+    layout: Annotated[str, typer.Option("--layout", help="Forward path of a local model: contiguous (records "
+                                        "reproduce bit for bit), auto (measured: channels-last or a frozen "
+                                        "inference graph where faster with the same labels; logits differ in "
+                                        "the last bits), channels_last or frozen.")] = "contiguous",
     device: Device = "cpu",
     seed: Seed = 0,
     overwrite: Overwrite = False,

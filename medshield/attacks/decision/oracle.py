@@ -15,7 +15,7 @@ from torch import nn
 
 from medshield.attacks.geometry import distance
 from medshield.models import eval_mode, model_device, predict_labels
-from medshield.models.inference import LAYOUTS, ChannelsLast, chunks, forward_choice, is_stochastic, sends_queries
+from medshield.models.inference import LAYOUTS, chunks, forward_choice, is_stochastic, path_forward, sends_queries
 from medshield.types import Norm
 
 LabelFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,11 +33,11 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
 
     ``batch_size=None`` picks the chunk from a measured sweep
     (:func:`medshield.models.inference.forward_choice`, once per row shape) and never sends chunks under
-    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the memory
-    layout from that measurement (channels-last only where it was faster with identical labels on the
-    probe, the first call's rows included); channels-last logits can differ from contiguous ones in the
-    last bit, so a result that must be byte-reproducible across processes pins ``"contiguous"`` (the
-    campaign does) or ``"channels_last"``. A model that draws its own noise per call (a randomised
+    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the forward
+    path from that measurement (channels-last or a frozen inference graph only where it was faster with
+    identical labels on the probe, the first call's rows included); their logits can differ from
+    contiguous ones in the last bits, so a result that must be byte-reproducible across processes pins
+    ``"contiguous"`` (the campaign does), ``"channels_last"`` or ``"frozen"``. A model that draws its own noise per call (a randomised
     defense) keeps one contiguous call per 4096 rows, so its draws stay as they were, and a remote model
     (:func:`sends_queries`) is never swept and always gets the caller's rows: probes would spend the
     service's budget."""
@@ -46,21 +46,21 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
     device = model_device(model)
     remote, stochastic = sends_queries(model), is_stochastic(model)
     fixed = batch_size or (4096 if stochastic or remote else None)
-    pinned = layout == "channels_last" and not remote and not stochastic
-    forwards: dict[bool, Callable[[torch.Tensor], torch.Tensor]] = {}  # one channels-last copy per label function
+    pinned = layout if layout in ("channels_last", "frozen") and not remote and not stochastic else "contiguous"
+    forwards: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # one copy per path and label function
 
-    def forward_for(channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        if channels_last not in forwards:
-            forwards[channels_last] = ChannelsLast(model) if channels_last else model
-        return forwards[channels_last]
+    def forward_for(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        if path not in forwards:
+            forwards[path] = path_forward(model, path)
+        return forwards[path]
 
     def labels(x: torch.Tensor) -> torch.Tensor:
         if fixed:
-            forward, parts = forward_for(pinned and x.ndim == 4), x.split(fixed)
+            forward, parts = forward_for(pinned if x.ndim == 4 else "contiguous"), x.split(fixed)
         else:
             choice = forward_choice(model, x.shape[1:], probe=x[:256], layouts=layout == "auto")
-            cl = choice.channels_last if layout == "auto" else pinned and x.ndim == 4
-            forward, parts = forward_for(cl), chunks(x, choice.batch)
+            path = choice.layout if layout == "auto" else pinned if x.ndim == 4 else "contiguous"
+            forward, parts = forward_for(path), chunks(x, choice.batch)
         with eval_mode(model), torch.inference_mode():
             out = [predict_labels(forward(chunk.to(device))).cpu() for chunk in parts]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
