@@ -41,7 +41,8 @@ from medshield.attacks.decision.hsja import HopSkipJump  # noqa: E402
 from medshield.data import load_dataset  # noqa: E402
 from medshield.evaluation.blackbox import select_images  # noqa: E402
 from medshield.models import class_logits, create_model, load_run, predict_labels  # noqa: E402
-from medshield.models.inference import ForwardChoice, fast_forward, forward_choice, forward_rates, inference_path  # noqa: E402
+from medshield.models.inference import (LAYOUTS, ForwardChoice, fast_forward, forward_choice, forward_rates,  # noqa: E402
+                                       inference_path, path_forward)
 
 
 class Counting(nn.Module):
@@ -78,9 +79,9 @@ def starts_for(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int],
-             path: str = "default") -> tuple[tuple[list[float], float, int], ForwardChoice]:
+             path: str = "default", layout: str = "auto") -> tuple[tuple[list[float], float, int], ForwardChoice]:
     target = inference_path(model, path)
-    label_fn = model_label_fn(target)
+    label_fn = model_label_fn(target, layout=layout)
     label_fn(x[:8])  # the batch-size and layout choice (once per model and input size) is set-up, not attack time
     oracle = LabelOracle(label_fn, x, y, budgets)
     start = time.perf_counter()
@@ -163,22 +164,26 @@ def main() -> None:
     p.add_argument("--budgets", default="1000,2000,5000")
     p.add_argument("--peers", default="foolbox,art")
     p.add_argument("--path", default="default", help="ours' inference path: default, channels_last, bf16, compile (+)")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS, help="ours' label function's forward: auto (measured "
+                   "layout, the library default), contiguous, channels_last or frozen (a frozen inference graph)")
     p.add_argument("--json", type=Path, help="write the contract figures here")
     args = p.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     model, x, y = load_target(args)
     fwd, fwd_batch, sweep = raw_forward(model, x)
-    ours, choice = run_ours(model, x, y, budgets, args.path)
+    ours, choice = run_ours(model, x, y, budgets, args.path, args.layout)
     rows = {"medshield": ours}
     with torch.inference_mode():
-        ours_raw = forward_rates(fast_forward(inference_path(model, args.path), choice), x.shape[1:], [choice.batch],
-                                 min_seconds=0.3)[choice.batch]
+        target = inference_path(model, args.path)
+        forward = fast_forward(target, choice) if args.layout == "auto" else path_forward(target, args.layout)
+        ours_raw = forward_rates(forward, x.shape[1:], [choice.batch], min_seconds=0.3)[choice.batch]
     for peer in [s for s in args.peers.split(",") if s]:
         rows[peer] = {"foolbox": run_foolbox, "art": run_art}[peer](model, x, y, budgets)
     print(f"images {tuple(x.shape)}, budgets {budgets}, threads {torch.get_num_threads()}, ours' path {args.path}")
     print("raw forward sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items()))
     print(f"raw forward at its best batch {fwd_batch}: {fwd:,.0f} rows/s")
-    layout = choice.layout if args.path == "default" else f"path {args.path}"
+    layout = (choice.layout if args.layout == "auto" else f"{args.layout} (pinned)") if args.path == "default" \
+        else f"path {args.path}"
     print(f"ours' forward: batch {choice.batch}, {layout} (layout rates {', '.join(f'{k} {v:,.0f}' for k, v in choice.layout_rates.items()) or 'not timed'}, "
           f"labels identical {choice.labels_identical}); raw rate of that forward {ours_raw:,.0f} rows/s")
     print(f"{'impl':<10} {'queries/s':>10} {'vs fwd':>7} {'ours/this':>9} " + " ".join(f"{'med@' + str(b):>10}" for b in budgets)

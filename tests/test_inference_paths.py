@@ -148,21 +148,21 @@ def test_layout_choice_is_measured_label_checked_and_cached(monkeypatch: pytest.
     model = tiny_model(in_channels=3, seed=3)
     weights = {n: (p.data_ptr(), p.is_contiguous()) for n, p in model.named_parameters()}
     choice = inf.forward_choice(model, (3, 16, 16), sizes=(8, 16))
-    assert choice.layout in ("contiguous", "channels_last", "frozen") and choice.batch in (8, 16)
-    assert choice.labels_identical is True and set(choice.layout_rates) == {"contiguous", "channels_last", "frozen"}
+    assert choice.layout in ("contiguous", "channels_last") and choice.batch in (8, 16)
+    assert choice.labels_identical is True and set(choice.layout_rates) == {"contiguous", "channels_last"}
     assert inf.forward_choice(model, (3, 16, 16)) is choice and inf.best_batch_size(model, (3, 16, 16)) == choice.batch
     assert {n: (p.data_ptr(), p.is_contiguous()) for n, p in model.named_parameters()} == weights
     x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    for margin, layouts in ((0.0, ("channels_last", "frozen")), (float("inf"), ("contiguous",))):  # force each side
+    for margin, layouts in ((0.0, ("channels_last",)), (float("inf"), ("contiguous",))):  # force each side
         monkeypatch.setattr(inf, "LAYOUT_MARGIN", margin)
         fresh = tiny_model(in_channels=3, seed=3)
         assert inf.forward_choice(fresh, (3, 16, 16), sizes=(8,), probe=x).layout in layouts
         assert torch.equal(model_label_fn(fresh)(x), model_label_fn(fresh, 4096)(x))
 
 
-def test_frozen_graph_follows_weight_updates_and_untraceable_models_keep_the_module() -> None:
-    """The frozen inference graph answers as the module does, is rebuilt after a training step, and a
-    model that cannot be traced is simply not a candidate."""
+def test_frozen_graph_follows_weight_updates_and_is_pinned_only() -> None:
+    """The frozen inference graph answers as the module does, is rebuilt after a training step, gives
+    the module's labels through a pinned label function, and is never picked by the measurement."""
     import medshield.models.inference as inf
 
     model = tiny_model(in_channels=3, seed=5)
@@ -175,15 +175,9 @@ def test_frozen_graph_follows_weight_updates_and_untraceable_models_keep_the_mod
     with torch.inference_mode():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
 
-    class Untraceable(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 2, 3)
-
-        def forward(self, x: torch.Tensor) -> dict:  # a dict output: torch.jit.trace refuses it
-            return {"logits": self.conv(x).mean((2, 3))}
-
-    assert set(inf._path_candidates(Untraceable().eval(), x)) == {"contiguous", "channels_last"}
+    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model_label_fn(model, layout="frozen")(images), model_label_fn(model, layout="contiguous")(images))
+    assert inf.forward_choice(model, (3, 16, 16), sizes=(8,)).layout in ("contiguous", "channels_last")
     with pytest.raises(ValueError, match="forward path"):
         inf.path_forward(model, "fast")
 
@@ -218,8 +212,8 @@ def test_layout_that_changes_labels_is_never_chosen(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(inf, "LAYOUT_MARGIN", 0.0)  # even when channels-last "wins" the timing
     model = _LayoutSensitive().eval()
     choice = inf.forward_choice(model, (3, 8, 8), sizes=(8,))
-    assert choice.labels["channels_last"] is False and choice.labels_identical is False
-    assert choice.layout != "channels_last"
+    assert choice.labels == {"channels_last": False} and choice.labels_identical is False
+    assert choice.layout == "contiguous"
 
 
 def test_explicit_path_and_remote_models_are_left_as_they_are() -> None:

@@ -45,9 +45,11 @@ def blackbox(
     surrogate: Annotated[Path | None, typer.Option("--surrogate", help="The attacker's own run (substitute "
                                                    "model) for the surrogate attack.")] = None,
     layout: Annotated[str, typer.Option("--layout", help="Forward path of a local model: contiguous (records "
-                                        "reproduce bit for bit), auto (measured: channels-last or a frozen "
-                                        "inference graph where faster with the same labels; logits differ in "
-                                        "the last bits), channels_last or frozen.")] = "contiguous",
+                                        "reproduce bit for bit), auto (measured: channels-last where faster; "
+                                        "logits differ in the last bit), channels_last, or frozen (a frozen "
+                                        "inference graph, batch norm folded: faster on CPU; its labels can "
+                                        "differ from the model's at boundary points, records use it "
+                                        "throughout).")] = "contiguous",
     device: Device = "cpu",
     seed: Seed = 0,
     overwrite: Overwrite = False,

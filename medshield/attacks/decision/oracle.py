@@ -33,11 +33,13 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
 
     ``batch_size=None`` picks the chunk from a measured sweep
     (:func:`medshield.models.inference.forward_choice`, once per row shape) and never sends chunks under
-    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the forward
-    path from that measurement (channels-last or a frozen inference graph only where it was faster with
-    identical labels on the probe, the first call's rows included); their logits can differ from
-    contiguous ones in the last bits, so a result that must be byte-reproducible across processes pins
-    ``"contiguous"`` (the campaign does), ``"channels_last"`` or ``"frozen"``. A model that draws its own noise per call (a randomised
+    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the memory
+    layout from that measurement (channels-last only where it was faster with identical labels on the
+    probe, the first call's rows included); channels-last logits can differ from contiguous ones in the
+    last bit, so a result that must be byte-reproducible across processes pins ``"contiguous"`` (the
+    campaign does) or ``"channels_last"``. ``"frozen"`` pins the faster frozen inference graph
+    (:class:`medshield.models.inference.Frozen`), whose labels can differ from the module's at boundary
+    points: check adversarials found through it with it. A model that draws its own noise per call (a randomised
     defense) keeps one contiguous call per 4096 rows, so its draws stay as they were, and a remote model
     (:func:`sends_queries`) is never swept and always gets the caller's rows: probes would spend the
     service's budget."""
