@@ -14,7 +14,7 @@ from medshield.attacks.decision import model_label_fn
 from medshield.attacks.decision.hsja import HopSkipJump
 from medshield.defenses.inference import RND
 from medshield.models import create_model
-from medshield.models.inference import (MIN_CHUNK, ChannelsLast, InferencePath, best_batch_size, checked_inference_path,
+from medshield.models.inference import (MIN_CHUNK, InferencePath, best_batch_size, checked_inference_path,
                                         chunks, forward_rates, inference_path, is_stochastic, labels_agree)
 from tests.conftest import tiny_model
 
@@ -160,13 +160,14 @@ def test_layout_choice_is_measured_label_checked_and_cached(monkeypatch: pytest.
         assert torch.equal(model_label_fn(fresh)(x), model_label_fn(fresh, 4096)(x))
 
 
-def test_frozen_graph_follows_weight_updates_and_is_pinned_only() -> None:
-    """The frozen inference graph answers as the module does, is rebuilt after a training step, gives
-    the module's labels through a pinned label function, and is never picked by the measurement."""
+@pytest.mark.parametrize("path", ["channels_last", "frozen"])
+def test_fast_paths_follow_weight_updates(path: str) -> None:
+    """Channels-last copies and the frozen inference graph answer as the module does, also after a
+    training step changed a weight in place."""
     import medshield.models.inference as inf
 
-    model = tiny_model(in_channels=3, seed=5)
-    fast = inf.Frozen(model)
+    model = tiny_model(in_channels=3, seed=4)
+    fast = inf.path_forward(model, path)
     x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
@@ -175,23 +176,18 @@ def test_frozen_graph_follows_weight_updates_and_is_pinned_only() -> None:
     with torch.inference_mode():
         assert torch.allclose(fast(x), model(x), atol=1e-5)
 
+
+def test_frozen_graph_is_pinned_only() -> None:
+    """The frozen graph gives the module's labels through a pinned label function and is never picked by
+    the measurement (its last-bit differences can flip labels at boundary points)."""
+    import medshield.models.inference as inf
+
+    model = tiny_model(in_channels=3, seed=5)
     images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(model_label_fn(model, layout="frozen")(images), model_label_fn(model, layout="contiguous")(images))
     assert inf.forward_choice(model, (3, 16, 16), sizes=(8,)).layout in ("contiguous", "channels_last")
     with pytest.raises(ValueError, match="forward path"):
         inf.path_forward(model, "fast")
-
-
-def test_channels_last_follows_weight_updates() -> None:
-    model = tiny_model(in_channels=3, seed=4)
-    fast = ChannelsLast(model)
-    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        assert torch.allclose(fast(x), model(x), atol=1e-5)
-    with torch.no_grad():
-        next(p for p in model.parameters() if p.ndim == 4).mul_(-2)  # a training step, in place
-    with torch.inference_mode():
-        assert torch.allclose(fast(x), model(x), atol=1e-5)
 
 
 class _LayoutSensitive(torch.nn.Module):
