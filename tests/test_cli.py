@@ -79,6 +79,8 @@ def test_cuda_without_gpu_is_one_line(tmp_path: Path) -> None:
     ["blackbox", "--run", "nowhere", "--out", "OUT", "--defense", "none,dnd:m"],
     ["blackbox", "--run", "nowhere", "--out", "OUT", "--budgets", "100,0"],
     ["attack", "--run", "nowhere", "--out", "OUT", "--eps", "2/255,300/255"],
+    ["attack", "--run", "nowhere", "--out", "OUT", "--attacks", "autoattack", "--square-queries", "0"],
+    ["attack", "--run", "nowhere", "--out", "OUT", "--attacks", "pgd", "--square-queries", "100"],
     ["transfer", "--source", "a,b", "--out", "OUT", "--eps", "two"],
 ])
 def test_bad_specs_are_one_line_before_any_work(args: list[str], tmp_path: Path) -> None:
@@ -137,6 +139,24 @@ def test_old_option_names_still_work(tmp_path: Path) -> None:
         assert errs[0] == errs[1] and errs[0].startswith("error:")
     r = runner.invoke(app, ["defense-report", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--run" in _err(r)
+
+
+def test_square_queries_reach_the_attacks_and_their_identity(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--square-queries sets AutoAttack's Square budget (and standalone Square's), beside --steps; the
+    attack's repr, part of every record's job identity, carries it."""
+    from medshield.attacks import create_attack
+    from medshield.cli import whitebox
+
+    seen: dict = {}
+    monkeypatch.setattr(whitebox.api, "attack", lambda *a, **kw: seen.update(kw) or [])
+    r = runner.invoke(app, ["attack", "--run", "r", "--out", str(tmp_path / "o"), "--attacks", "pgd,autoattack,square",
+                            "--steps", "5", "--square-queries", "200"])
+    assert r.exit_code == 0, _err(r)
+    assert seen["attack_kwargs"] == {"pgd": {"steps": 5}, "autoattack": {"steps": 5, "square_queries": 200},
+                                     "square": {"steps": 200}}
+    assert "square_queries=200" in repr(create_attack("autoattack", norm="linf", **seen["attack_kwargs"]["autoattack"]))
+    runner.invoke(app, ["attack", "--run", "r", "--out", str(tmp_path / "o"), "--attacks", "autoattack"])
+    assert seen["attack_kwargs"] is None  # the standard version's 5000 by default
 
 
 def test_console_entry_point() -> None:

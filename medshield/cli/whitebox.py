@@ -9,6 +9,7 @@ import typer
 from medshield import api
 from medshield.cli.common import (CommandGroup, DataDir, Device, NImages, Out, Overwrite, RunDataset, Seed, Split,
                                   TargetOpt, alias, emit, refs, user_errors)
+from medshield.errors import MedShieldError
 from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
 from medshield.types import EPS, EPS_GRID, Norm, eps_label, parse_eps, parse_eps_value, split_list
 
@@ -33,6 +34,7 @@ def attack(
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     direction: Annotated[str, typer.Option(help="both, disease_to_normal (missed diagnosis) or normal_to_disease (fraud).")] = "both",
     steps: Annotated[int | None, typer.Option(help="Iterations of the iterative attacks (default: each attack's own).")] = None,
+    square_queries: Annotated[int | None, typer.Option("--square-queries", help="Square's query budget per image, in `autoattack` and `square` (default: 5000, AutoAttack's standard version).")] = None,
     device: Device = "cpu",
     seed: Seed = 0,
     overwrite: Overwrite = False,
@@ -41,13 +43,28 @@ def attack(
 ) -> None:
     """White-box attacks x eps; writes OUT/whitebox.json, whitebox.md, robust_vs_eps.png, grid.png."""
     names = split_list(alias(attacks, attack_old, DEFAULT_ATTACKS))
-    kwargs = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else None
+    kwargs = attack_kwargs(names, steps, square_queries)
     records = api.attack(split_list(refs(run, target)), out, dataset=dataset, data_dir=data_dir, attacks=names,
                          eps=parse_eps(eps, norm), norm=Norm.parse(norm), split=split, n=alias(n_images, n_old),
                          batch_size=batch_size, seed=seed, direction=direction, attack_kwargs=kwargs, device=device,
                          overwrite=overwrite)
     keys = ("run", "attack", "eps_label", "clean_accuracy", "robust_accuracy", "success_rate")
     emit({"records": [{k: r[k] for k in keys} for r in records], "out": str(out)})
+
+
+def attack_kwargs(names: list[str], steps: int | None, square_queries: int | None) -> dict[str, dict[str, int]] | None:
+    """Per-attack constructor options from ``--steps`` and ``--square-queries`` (Square counts its queries
+    as ``steps``; in AutoAttack they are ``square_queries``)."""
+    kwargs: dict[str, dict[str, int]] = {a: {"steps": steps} for a in names if a != "fgsm"} if steps else {}
+    if square_queries is not None:
+        if square_queries < 1:
+            raise MedShieldError(f"--square-queries must be >= 1, got {square_queries}")
+        if not {"autoattack", "square"} & set(names):
+            raise MedShieldError("--square-queries needs autoattack or square in --attacks")
+        for name, key in (("autoattack", "square_queries"), ("square", "steps")):
+            if name in names:
+                kwargs.setdefault(name, {})[key] = square_queries
+    return kwargs or None
 
 
 @group.command()
