@@ -9,6 +9,7 @@ import typer
 from medshield import api
 from medshield.cli.common import (CommandGroup, DataDir, Device, NImages, Out, Overwrite, RunDataset, Seed, Split,
                                   TargetOpt, alias, emit, refs, user_errors)
+from medshield.attacks import ATTACKS
 from medshield.errors import MedShieldError
 from medshield.evaluation.whitebox import WHITEBOX_ATTACKS
 from medshield.types import EPS, EPS_GRID, Norm, eps_label, parse_eps, parse_eps_value, split_list
@@ -26,7 +27,8 @@ def attack(
     target: TargetOpt = None,
     dataset: RunDataset = None,
     data_dir: DataDir = None,
-    attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: fgsm,fgsm_iter,bim,pgd,mifgsm,cw.")] = DEFAULT_ATTACKS,
+    attacks: Annotated[str, typer.Option("--attacks", help=f"Comma-separated, of: {', '.join(ATTACKS.names())} "
+                                         "(autoattack: the ensemble, worst case over its members).")] = DEFAULT_ATTACKS,
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated budgets; fractions like 2/255 allowed.")] = ",".join(map(eps_label, EPS_GRID)),
     norm: Annotated[str, typer.Option("--norm", help="linf or l2.")] = "linf",
     split: Split = "test",
