@@ -282,7 +282,7 @@ def test_a_model_trained_otherwise_is_refused_or_retrained(tiny_run: tuple[Path,
     config = json.loads((run / "config.json").read_text())
     config["train"]["epochs"] = 3
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MedShieldError, match=r"trained otherwise.*train\.epochs 3 \(planned 1\).*--overwrite"):
+    with pytest.raises(MedShieldError, match=r"trained otherwise.*train\.epochs 3 -> 1.*--overwrite"):
         train_models(plan, preset, pneumonia_only, out, seed=0)
     other = out / "models" / plan.run_name("densenet") / "model.safetensors"
     kept = other.stat().st_mtime_ns

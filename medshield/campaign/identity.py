@@ -35,7 +35,7 @@ def _data_files(kwargs: dict[str, Any]) -> str | None:
         name, size = name or data.get("dataset"), data.get("size")
     if not isinstance(name, str) or name.lower().endswith(".csv"):
         return None  # a manifest is digested on its own; a card's data comes with the card
-    return data_files_digest(name, kwargs.get("data_dir"), size if name.lower().endswith("mnist") else None)
+    return data_files_digest(name, kwargs.get("data_dir"), size)  # the size picks a MedMNIST file only
 
 
 def job_inputs(fn: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import yaml
 from medshield.campaign.audit import audit
 from medshield.campaign.config import CampaignConfig, load_config
 from medshield.errors import MedShieldError
+from medshield.evaluation.store import describe_difference
 from medshield.evaluation.services import train
 from medshield.models.checkpoint import read_json, resolve_device, write_json
 from medshield.models.pretrained import RUN_WEIGHTS, sha256_file
@@ -388,16 +389,16 @@ def _planned(plan: DatasetPlan, preset: ThesisPreset, role: str, seed: int, sour
 
 
 def _trained_otherwise(run: Path, planned: dict[str, Any]) -> str:
-    """How the finished run in ``run`` differs from ``planned`` ("" when it is the planned model)."""
+    """How the finished run in ``run`` differs from ``planned``, trained -> planned ("" when it is the
+    planned model), in the job store's words (:func:`describe_difference`)."""
     config = read_json(run / "config.json")
-    diffs = []
-    for key, want in planned.items():
-        have: Any = config
+    trained: dict[str, Any] = {}
+    for key in planned:
+        value: Any = config
         for part in key.split("."):
-            have = have.get(part) if isinstance(have, dict) else None
-        if have != want:
-            diffs.append(f"{key} {have!r} (planned {want!r})")
-    return ", ".join(diffs)
+            value = value.get(part) if isinstance(value, dict) else None
+        trained[key] = value
+    return "" if trained == planned else describe_difference(trained, planned, limit=len(planned))
 
 
 def train_models(plan: DatasetPlan, preset: ThesisPreset, data_dir: Path, out: Path, seed: int,

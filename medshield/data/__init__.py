@@ -51,12 +51,16 @@ def load_dataset(
     if key in MEDMNIST_2D or key.endswith("mnist"):
         return load_medmnist(key, root, size=size or 28, rgb=rgb, resize=resize)
     if key in FOLDER_DATASETS:
-        folder, loader = FOLDER_DATASETS[key]
-        base = root / folder if (root / folder).is_dir() else root
-        return loader(base, size=resize or size or 224, rgb=rgb, seed=seed)
+        return FOLDER_DATASETS[key][1](_folder(root, key), size=resize or size or 224, rgb=rgb, seed=seed)
     if key == "folder":
         return load_class_folders(root, size=resize or size or 224, rgb=rgb, seed=seed)
     raise DataError(unknown_name_message("dataset", name, dataset_names()))
+
+
+def _folder(root: Path, key: str) -> Path:
+    """A folder dataset's tree: ``DATA_DIR/<folder>``, or ``DATA_DIR`` itself when that is the tree."""
+    folder = root / FOLDER_DATASETS[key][0]
+    return folder if folder.is_dir() else root
 
 
 def dataset_files(name: str, data_dir: str | Path | None = None, size: int | None = None) -> list[Path]:
@@ -69,8 +73,7 @@ def dataset_files(name: str, data_dir: str | Path | None = None, size: int | Non
     if key in MEDMNIST_2D or key.endswith("mnist"):
         paths = [root / medmnist_filename(key, size or 28)]
     elif key in FOLDER_DATASETS:
-        folder = FOLDER_DATASETS[key][0]
-        paths = [root / folder if (root / folder).is_dir() else root]
+        paths = [_folder(root, key)]
     else:
         paths = [root]
     return [p for p in paths if p.exists()]

@@ -45,8 +45,8 @@ class BlackboxConfig:
     norm: str = "l2"
     batch_size: int | None = None  # rows per label-function call (a remote target: one request per call);
     # None: a local model's measured best batch (medshield.models.inference; randomised defenses 4096)
-    layout: str = "contiguous"  # a local model's memory layout: pinned (records bit-reproducible), or
-    # "auto" (measured, faster where channels-last wins; its logits differ in the last bit) or "channels_last"
+    layout: str = "contiguous"  # a local model's forward: pinned (records bit-reproducible), or "auto"
+    # (measured, faster where channels-last wins; its logits differ in the last bit), "channels_last", "frozen"
     adaptive_k: int = 1  # the attacker repeats each query k times and takes the majority label
     clean_repeats: int = 3  # noisy passes over the split for defended_clean_accuracy
     verify_repeats: int = 10  # fresh defended answers per claimed adversarial (defended_success_rate)

@@ -21,7 +21,7 @@ import logging
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,35 +93,34 @@ def _sync(device: torch.device | str) -> None:
 @dataclass(frozen=True)
 class ForwardChoice:
     """How a local model answers fastest, as measured: the forward batch size (contiguous sweep), and
-    the forward path (:data:`PATHS`) that beat the plain module at that batch with identical labels on
-    the probe batch."""
+    whether channels-last beat contiguous at that batch with identical labels on the probe batch."""
 
     batch: int
-    layout: str = "contiguous"  # one of PATHS
+    channels_last: bool = False
     rates: dict[int, float] = field(default_factory=dict)  # rows/s per batch size (contiguous)
-    layout_rates: dict[str, float] = field(default_factory=dict)  # rows/s at ``batch`` per path tried
-    labels: dict[str, bool] = field(default_factory=dict)  # per path tried: labels identical to contiguous's
-
-    @property
-    def labels_identical(self) -> bool | None:
-        """Whether every path tried gave the contiguous labels on the probe; None: none tried."""
-        return all(self.labels.values()) if self.labels else None
+    layout_rates: dict[str, float] = field(default_factory=dict)  # rows/s at ``batch``: contiguous, channels_last
+    labels_identical: bool | None = None  # channels-last vs contiguous on the probe; None: not tried
 
     @property
     def layout_tried(self) -> bool:
-        return bool(self.labels)
+        return self.labels_identical is not None
 
     @property
-    def channels_last(self) -> bool:
-        return self.layout == "channels_last"
+    def layout(self) -> str:
+        return "channels_last" if self.channels_last else "contiguous"
 
     def record(self) -> dict[str, object]:
         """The choice as a JSON record (bench output, logs)."""
         return {"batch": self.batch, "layout": self.layout, "layout_rates": self.layout_rates,
-                "labels_identical": self.labels_identical, "labels": self.labels}
+                "labels_identical": self.labels_identical}
 
 
 _BEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ForwardChoice]] = weakref.WeakKeyDictionary()
+
+
+def _versions(tensors: Iterable[torch.Tensor]) -> tuple:
+    """Identity and in-place version of each tensor: changes when a weight is replaced or updated."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in tensors)
 
 
 class ChannelsLast:
@@ -137,7 +136,7 @@ class ChannelsLast:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         convs = [(name, p) for name, p in self.model.named_parameters() if p.ndim == 4]
-        key = tuple((id(p), p.data_ptr(), p._version) for _, p in convs)
+        key = _versions(p for _, p in convs)
         if key != self._key:
             with torch.no_grad():
                 self._weights = {name: p.detach().contiguous(memory_format=torch.channels_last) for name, p in convs}
@@ -160,11 +159,11 @@ class Frozen:
         self._graph: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple((id(t), t.data_ptr(), t._version) for t in (*self.model.parameters(), *self.model.buffers()))
+        key = _versions((*self.model.parameters(), *self.model.buffers()))
         if self._graph is None or key != self._key:
             with eval_mode(self.model), torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about Python values baked into the graph
-                traced = torch.jit.trace(self.model, x.clone(), check_trace=False)
+                traced = torch.jit.trace(self.model, x[:MIN_CHUNK].clone(), check_trace=False)  # any batch size after
                 self._graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             self._key = key
         return self._graph(x)
@@ -202,16 +201,13 @@ def _layout_rates(forwards: dict[str, Callable[[torch.Tensor], object]], x: torc
 
 
 def _choose_layout(model: nn.Module, x: torch.Tensor, probe: torch.Tensor | None,
-                   device: torch.device) -> tuple[str, dict[str, float], dict[str, bool]]:
-    """(the path chosen, rows/s per path at ``x``'s batch, per path: labels identical on the probe)."""
-    forwards = {"contiguous": model, "channels_last": ChannelsLast(model)}
-    rates = _layout_rates(forwards, x, device)
+                   device: torch.device) -> tuple[bool, dict[str, float], bool]:
+    """(channels-last?, rates per layout at ``x``'s batch, labels identical on the probe)."""
+    fast = ChannelsLast(model)
+    rates = _layout_rates({"contiguous": model, "channels_last": fast}, x, device)
     rows = x if probe is None else torch.cat([x, probe.to(device=device, dtype=x.dtype)])
-    plain = [predict_labels(model(c)) for c in rows.split(x.shape[0])]
-    same = {name: all(torch.equal(p, predict_labels(fwd(c))) for p, c in zip(plain, rows.split(x.shape[0])))
-            for name, fwd in forwards.items() if name != "contiguous"}
-    fast = [n for n in same if same[n] and rates[n] >= LAYOUT_MARGIN * rates["contiguous"]]
-    return max(fast, key=rates.__getitem__, default="contiguous"), rates, same
+    same = all(torch.equal(predict_labels(model(c)), predict_labels(fast(c))) for c in rows.split(x.shape[0]))
+    return same and rates["channels_last"] >= LAYOUT_MARGIN * rates["contiguous"], rates, same
 
 
 def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES,
@@ -235,8 +231,8 @@ def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[i
             choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates)
         if want_layout:
             x = torch.rand(choice.batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
-            path, layout_rates, same = _choose_layout(model, x, probe, device)
-            choice = ForwardChoice(choice.batch, path, choice.rates, layout_rates, same)
+            cl, layout_rates, same = _choose_layout(model, x, probe, device)
+            choice = ForwardChoice(choice.batch, cl, choice.rates, layout_rates, same)
     cache[key] = choice
     log.info("forward choice for %s rows %s: %s", type(model).__name__, tuple(row_shape), choice.record())
     return choice
@@ -248,8 +244,8 @@ def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[
 
 
 def fast_forward(model: nn.Module, choice: ForwardChoice) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward through the path ``choice`` picked."""
-    return path_forward(model, choice.layout)
+    """``model``'s forward in the layout ``choice`` picked."""
+    return ChannelsLast(model) if choice.channels_last else model
 
 
 def sends_queries(model: nn.Module) -> bool:
