@@ -54,3 +54,19 @@ def test_ray_resources_per_job() -> None:
     assert load_config(gpus_per_job=1).gpus_per_job == 1
     with pytest.raises(Exception, match="gpus_per_job"):
         load_config(gpus_per_job=-1)
+
+
+def test_nothing_to_run_starts_no_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign whose jobs are all stored (or a stage with no jobs) starts no Ray cluster: starting
+    one costs seconds of wall time for nothing."""
+    import medshield.evaluation.executor as ex
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an executor was started with nothing to run")
+
+    monkeypatch.setattr(ex, "_run_ray", refuse)
+    monkeypatch.setattr(ex, "_run_pool", refuse)
+    store = RecordStore(tmp_path / "s.json")
+    assert run_jobs([], store, executor="ray", workers=2) == []
+    run_jobs(JOBS, store)
+    assert [r["y"] for r in run_jobs(JOBS, store, executor="ray", workers=2)] == [0, 1, 4, 9]

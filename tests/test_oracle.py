@@ -88,6 +88,17 @@ def test_model_label_fn_single_and_two_logit() -> None:
     assert model_label_fn(two)(x).shape == (5,)
 
 
+def test_fixed_batch_sends_a_local_model_no_chunk_under_8_rows() -> None:
+    """A fixed ``batch_size`` skips the throughput sweep but, like the sweep's chunks, never sends a
+    deterministic local model a tail under 8 rows (single rows can differ in the last bit)."""
+    sizes: list[int] = []
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    net.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    x = torch.rand(37, 1, 2, 2)
+    labels = model_label_fn(net, batch_size=16)(x)
+    assert sizes == [16, 21] and labels.tolist() == net(x).argmax(1).tolist()
+
+
 def test_adaptive_cost_charges_every_repeat_and_respects_budget() -> None:
     from medshield.attacks.decision.oracle import majority_vote
 

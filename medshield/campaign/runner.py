@@ -36,6 +36,8 @@ from medshield.targets import GRADIENTS_UNAVAILABLE, load_card, ref_name
 log = logging.getLogger(__name__)
 
 JOBS = "medshield.campaign.jobs"
+SELECTION_BATCH = 64
+"""Rows per forward call when the black-box images are chosen (one pass over the split, in the driver)."""
 
 
 def _name(run: str) -> str:
@@ -180,7 +182,9 @@ def _transfer_jobs(cfg: CampaignConfig, runs: list[str], base: dict[str, Any]) -
 def blackbox_indices(cfg: CampaignConfig, run: str, base: dict[str, Any], n: int) -> list[int]:
     """``n`` correctly classified test images, the same for every attack and defense of a model."""
     model, ds = _load(run, base["dataset"], base["data_dir"], base.get("device", "cpu"))
-    return select_images(model_label_fn(model, layout="contiguous"), ds.split(cfg.split), n, cfg.seed).tolist()
+    # one pass over the split: a fixed batch, not a throughput sweep that would cost more than the pass
+    labels = model_label_fn(model, batch_size=SELECTION_BATCH, layout="contiguous")
+    return select_images(labels, ds.split(cfg.split), n, cfg.seed).tolist()
 
 
 def _blackbox_jobs(cfg: CampaignConfig, run: str, base: dict[str, Any],

@@ -78,7 +78,9 @@ def run_jobs(
         raise ValueError(f"workers must be >= 1, got {workers}")
     with progress_bar(description, len(jobs)) as advance:
         advance(len(jobs) - len(todo))
-        if executor == "ray":
+        if not todo:  # nothing to run: no Ray cluster or process pool is started (seconds saved)
+            pass
+        elif executor == "ray":
             _run_ray(todo, store, workers, address, advance, threads, gpus)
         elif workers == 1:
             _run_inline(todo, store, advance, threads)

@@ -32,8 +32,9 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
     works for 1-logit (sigmoid) and multi-logit models through :func:`medshield.models.predict_labels`.
 
     ``batch_size=None`` picks the chunk from a measured sweep
-    (:func:`medshield.models.inference.forward_choice`, once per row shape) and never sends chunks under
-    8 rows, which keeps every label as one big batch gives it. ``layout="auto"`` also takes the memory
+    (:func:`medshield.models.inference.forward_choice`, once per row shape); a fixed ``batch_size`` skips
+    the sweep (a one-off pass). Neither sends a local deterministic model chunks under 8 rows, which
+    keeps every label as one big batch gives it. ``layout="auto"`` also takes the memory
     layout from that measurement (channels-last only where it was faster with identical labels on the
     probe, the first call's rows included); channels-last logits can differ from contiguous ones in the
     last bit, so a result that must be byte-reproducible across processes pins ``"contiguous"`` (the
@@ -57,8 +58,9 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
         return forwards[path]
 
     def labels(x: torch.Tensor) -> torch.Tensor:
-        if fixed:
-            forward, parts = forward_for(pinned if x.ndim == 4 else "contiguous"), x.split(fixed)
+        if fixed:  # a noisy or remote model gets exactly these calls; a local one never a chunk under 8 rows
+            parts = x.split(fixed) if stochastic or remote else chunks(x, fixed)
+            forward = forward_for(pinned if x.ndim == 4 else "contiguous")
         else:
             choice = forward_choice(model, x.shape[1:], probe=x[:256], layouts=layout == "auto")
             path = choice.layout if layout == "auto" else pinned if x.ndim == 4 else "contiguous"
