@@ -18,6 +18,10 @@ path (medshield.models.inference: channels_last, bf16, compile); the peers alway
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --run /tmp/runs/pn_small --n-images 8 --budgets 1000,2000,5000 --json out.json
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_hsja.py --model resnet18 --size 128 --n-images 4 --budgets 500,1000
+    python bench/bench_hsja.py --run RUN --n-images 16 --budgets 1000,2000,5000 --device cuda --json gpu.json
+
+``--device cuda`` puts the model on the GPU for every implementation (foolbox's and ART's own
+device handling, ours through ``model_label_fn``); the images and the accounting stay on the CPU.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from medshield.attacks.decision import LabelOracle, model_label_fn  # noqa: E402
 from medshield.attacks.decision.hsja import HopSkipJump  # noqa: E402
 from medshield.data import load_dataset  # noqa: E402
 from medshield.evaluation.blackbox import select_images  # noqa: E402
-from medshield.models import class_logits, create_model, load_run, predict_labels  # noqa: E402
+from medshield.models import class_logits, create_model, load_run, model_device, predict_labels  # noqa: E402
 from medshield.models.inference import (LAYOUTS, ForwardChoice, fast_forward, forward_choice, forward_rates,  # noqa: E402
                                        inference_path, path_forward)
 
@@ -62,8 +66,8 @@ class Counting(nn.Module):
         self.rows += x.shape[0]
         with torch.no_grad():
             logits = class_logits(self.model(x))
-            pred = predict_labels(logits)
-        self.oracle._record(idx, x.detach().clamp(0, 1), self.oracle._sequence_numbers(idx), pred != self.oracle.labels[idx])
+            pred = predict_labels(logits).cpu()
+        self.oracle._record(idx, x.detach().clamp(0, 1).cpu(), self.oracle._sequence_numbers(idx), pred != self.oracle.labels[idx])
         self.oracle.queries += torch.bincount(idx, minlength=n)
         return logits
 
@@ -94,13 +98,14 @@ def run_foolbox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: lis
     import foolbox as fb
 
     wrapped = Counting(model, x, y, budgets).eval()
-    fmodel = fb.PyTorchModel(wrapped, bounds=(0, 1))
+    device = model_device(model)
+    fmodel = fb.PyTorchModel(wrapped, bounds=(0, 1), device=device)
     # sum_{t<=T} 100 sqrt(t) + ~40 per step passes the largest budget for T below
     steps = next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
     attack = fb.attacks.HopSkipJumpAttack(steps=steps, initial_gradient_eval_steps=100, max_gradient_eval_steps=10_000,
                                           gamma=1.0, constraint="l2")
     start = time.perf_counter()
-    attack.run(fmodel, x, fb.criteria.Misclassification(y), starting_points=starts_for(x, y))
+    attack.run(fmodel, x.to(device), fb.criteria.Misclassification(y.to(device)), starting_points=starts_for(x, y).to(device))
     return medians(wrapped.oracle), time.perf_counter() - start, wrapped.rows
 
 
@@ -110,7 +115,7 @@ def run_art(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[in
 
     wrapped = Counting(model, x, y, budgets).eval()
     clf = PyTorchClassifier(model=wrapped, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=2,
-                            clip_values=(0.0, 1.0))
+                            clip_values=(0.0, 1.0), device_type="gpu" if model_device(model).type == "cuda" else "cpu")
     steps = next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
     attack = ArtHSJ(clf, norm=2, max_iter=steps, max_eval=10_000, init_eval=100, init_size=100, verbose=False)
     start = time.perf_counter()
@@ -124,7 +129,7 @@ def run_art(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[in
 def raw_forward(model: nn.Module, x: torch.Tensor) -> tuple[float, int, dict[int, float]]:
     """The model's plain forward (eval, inference mode) in rows/s at its best batch size from a sweep."""
     with torch.inference_mode():
-        rates = forward_rates(model, x.shape[1:], min_seconds=0.3)
+        rates = forward_rates(model, x.shape[1:], min_seconds=0.3, device=model_device(model))
     best = max(rates, key=rates.__getitem__)
     return rates[best], best, rates
 
@@ -166,17 +171,20 @@ def main() -> None:
     p.add_argument("--path", default="default", help="ours' inference path: default, channels_last, bf16, compile (+)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS, help="ours' label function's forward: auto (measured "
                    "layout, the library default), contiguous, channels_last or frozen (a frozen inference graph)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where the model runs (images stay on the CPU)")
     p.add_argument("--json", type=Path, help="write the contract figures here")
     args = p.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     model, x, y = load_target(args)
+    model = model.to(args.device)
     fwd, fwd_batch, sweep = raw_forward(model, x)
     ours, choice = run_ours(model, x, y, budgets, args.path, args.layout)
     rows = {"medshield": ours}
     with torch.inference_mode():
         target = inference_path(model, args.path)
         forward = fast_forward(target, choice) if args.layout == "auto" else path_forward(target, args.layout)
-        ours_raw = forward_rates(forward, x.shape[1:], [choice.batch], min_seconds=0.3)[choice.batch]
+        ours_raw = forward_rates(forward, x.shape[1:], [choice.batch], min_seconds=0.3,
+                                 device=model_device(model))[choice.batch]
     for peer in [s for s in args.peers.split(",") if s]:
         rows[peer] = {"foolbox": run_foolbox, "art": run_art}[peer](model, x, y, budgets)
     print(f"images {tuple(x.shape)}, budgets {budgets}, threads {torch.get_num_threads()}, ours' path {args.path}")
@@ -199,7 +207,7 @@ def main() -> None:
                "raw_per_s": fwd, "raw_batch": fwd_batch, "raw_sweep": {str(b): r for b, r in sweep.items()},
                "ours_path": args.path, "ours_forward": {**choice.record(), "layout": layout, "raw_per_s": ours_raw},
                "images": x.shape[0], "image_shape": list(x.shape[1:]), "budgets": budgets,
-               "threads": torch.get_num_threads(), "load_avg": os.getloadavg()[0]}
+               "threads": torch.get_num_threads(), "device": args.device, "load_avg": os.getloadavg()[0]}
         for name in rows:
             key = "ours" if name == "medshield" else name
             out[f"{key}_median_l2"] = {str(b): m for b, m in zip(budgets, rows[name][0])}
