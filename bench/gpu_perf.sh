@@ -28,28 +28,9 @@ else
   BB_BUDGETS=${BB_BUDGETS:-1000,5000,10000,20000}; RAY="--n-images 16 --shard-size 2 --budgets 1000,2000,5000"
   CX="--model resnet50 --size 224"
 fi
-DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
-export MEDSHIELD_NO_PROGRESS=1 PYTHONUNBUFFERED=1 GIT_PYTHON_REFRESH=quiet
-mkdir -p "$RUNS/logs" "$OUT"
-
-pack() { tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' -C "$RUNS" . ; }
-
-# step NAME MIN_SECONDS CAP_SECONDS COMMAND...: run COMMAND under the smaller of CAP and the time left.
-step() {
-  local name=$1 need=$2 cap=$3; shift 3
-  local left=$(( DEADLINE - $(date +%s) ))
-  if (( left < need )); then echo "SKIP $name (${left}s left, needs ${need}s)"; return 0; fi
-  (( cap > left )) && cap=$left
-  local t0=$(date +%s)
-  timeout "$cap" "$@" > "$RUNS/logs/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n 6 "$RUNS/logs/$name.log"
-  pack
-}
-ms() { echo "$PY -m medshield.cli $*"; }
-
-step env 1 60 $PY -c "import torch, monai; print(torch.__version__, monai.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-nvidia-smi -L 2>/dev/null
+BUDGET_S=${BUDGET_S:-540}
+TAIL_LINES=6
+source "$(dirname "$0")/gpu_steps.sh"   # DEADLINE, pack, step, ms; the environment check
 step pgd224 30 150 $PY bench/bench_pgd.py $PGD --device "$DEV" --json "$RUNS/pgd224.json"
 step train28 20 120 $(ms train --dataset pneumoniamnist --data-dir "$DATA" --model smallcnn --epochs "$EP" --device "$DEV" --out "$RUNS/pn_small")
 step hsja28 30 150 $PY bench/bench_hsja.py --run "$RUNS/pn_small" --data-dir "$DATA" $H28 --device "$DEV" --json "$RUNS/hsja28.json"

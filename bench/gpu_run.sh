@@ -17,28 +17,8 @@ R18=${R18:-resnet18}                         # the 28x28 model of issue 4
 FULL=${FULL:-"resnet50 densenet121"}         # the thesis's full-size models
 EP_R18=${EP_R18:-8}; EP_DEF=${EP_DEF:-3}; EP_FULL=${EP_FULL:-5}
 EVAL_N_FULL=${EVAL_N_FULL:-300}; BB_N=${BB_N:-5}; BB_BUDGETS=${BB_BUDGETS:-500,1000,2000}
-DEADLINE=$(( $(date +%s) + ${BUDGET_S:-520} ))
-export MEDSHIELD_NO_PROGRESS=1 PYTHONUNBUFFERED=1
-mkdir -p "$RUNS/logs" "$OUT"
-
-pack() { tar czf "$OUT/results.tar.gz" --exclude='*.safetensors' -C "$RUNS" . ; }
-
-# step NAME MIN_SECONDS CAP_SECONDS COMMAND...: run COMMAND under the smaller of CAP and the time left.
-step() {
-  local name=$1 need=$2 cap=$3; shift 3
-  local left=$(( DEADLINE - $(date +%s) ))
-  if (( left < need )); then echo "SKIP $name (${left}s left, needs ${need}s)"; return 0; fi
-  (( cap > left )) && cap=$left
-  local t0=$(date +%s)
-  timeout "$cap" "$@" > "$RUNS/logs/$name.log" 2>&1
-  local rc=$?
-  echo "=== $name rc=$rc $(( $(date +%s) - t0 ))s"; tail -n 4 "$RUNS/logs/$name.log"
-  pack
-}
-ms() { echo "$PY -m medshield.cli $*"; }
-
-step env 1 60 $PY -c "import torch, monai; print(torch.__version__, monai.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-nvidia-smi -L 2>/dev/null
+BUDGET_S=${BUDGET_S:-520}
+source "$(dirname "$0")/gpu_steps.sh"   # DEADLINE, pack, step, ms; the environment check
 step r18_train 30 150 $(ms train --dataset pneumoniamnist --data-dir "$DATA" --model "$R18" --epochs "$EP_R18" --device "$DEV" --out "$RUNS/pn_r18")
 defend() {  # defend NAME DEFENSE EPS
   step "$1" 30 120 $(ms defend --dataset pneumoniamnist --data-dir "$DATA" --model "$R18" --defense "$2" --train-attack mifgsm \
