@@ -13,7 +13,6 @@ line per request sent.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket

@@ -8,7 +8,6 @@ from pathlib import Path
 import json
 
 import httpx
-import numpy as np
 import pytest
 import torch
 import yaml

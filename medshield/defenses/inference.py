@@ -23,7 +23,6 @@ import inspect
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
