@@ -37,7 +37,7 @@ so chunking at >= 8 rows never changes a label."""
 
 SWEEP_SIZES = tuple(2**k for k in range(3, 13))  # 8 .. 4096
 SWEEP_GAIN = 1.05
-"""The library's sweep stops after three sizes in a row that do not beat the best rate so far by 5%: on a
+"""The library's sweep stops after two sizes in a row that do not beat the best rate so far by 5%: on a
 CPU, past the peak a bigger batch only costs (SmallCNN at 28 px: flat from 8 to 256 rows, and the
 sweep's largest sizes took 2 of its 3 seconds, paid once per process and model: every campaign worker)."""
 LAYOUT_MARGIN = 1.03
@@ -233,7 +233,7 @@ def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[i
         return choice
     with eval_mode(model), torch.inference_mode():
         if choice is None:
-            rates = forward_rates(model, row_shape, sizes, device=device, patience=3, stop_below=SWEEP_GAIN)
+            rates = forward_rates(model, row_shape, sizes, device=device, stop_below=SWEEP_GAIN)
             choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates)
         if want_layout:
             x = torch.rand(choice.batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
