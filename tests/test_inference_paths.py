@@ -251,23 +251,3 @@ def test_a_pinned_layout_is_used_without_a_layout_trial() -> None:
     assert torch.equal(model_label_fn(model, 8, layout="channels_last")(x), plain)
     with pytest.raises(ValueError, match="layout"):
         model_label_fn(model, layout="nhwc")
-
-
-def test_sweep_stops_once_bigger_batches_stop_paying(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``stop_below`` above 1 the sweep ends after ``patience`` sizes that do not beat the best
-    rate by that factor (a flat curve is not swept to its largest size); with 0.8 it goes on until
-    past the peak. A fake clock makes every size exactly as fast as the others."""
-    import types
-
-    import medshield.models.inference as inference
-
-    clock = [0.0]
-    monkeypatch.setattr(inference, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-
-    def flat(x: torch.Tensor) -> torch.Tensor:  # 10,000 rows/s at every batch size
-        clock[0] += x.shape[0] * 1e-4
-        return x
-
-    sizes = (8, 16, 32, 64, 128, 256)
-    assert list(forward_rates(flat, (1, 2, 2), sizes=sizes, min_seconds=0.01, stop_below=1.05)) == [8, 16, 32]
-    assert list(forward_rates(flat, (1, 2, 2), sizes=sizes, min_seconds=0.01)) == list(sizes)

@@ -36,10 +36,6 @@ fixed thread count (measured on SmallCNN and ResNet-18), while a single row can 
 so chunking at >= 8 rows never changes a label."""
 
 SWEEP_SIZES = tuple(2**k for k in range(3, 13))  # 8 .. 4096
-SWEEP_GAIN = 1.05
-"""The library's sweep stops after two sizes in a row that do not beat the best rate so far by 5%: on a
-CPU, past the peak a bigger batch only costs (SmallCNN at 28 px: flat from 8 to 256 rows, and the
-sweep's largest sizes took 2 of its 3 seconds, paid once per process and model: every campaign worker)."""
 LAYOUT_MARGIN = 1.03
 """Channels-last is chosen only when it answers at least this many times the contiguous rate: on a
 tie (1-channel inputs, small nets) the plain layout stays, so timing noise does not flip the choice."""
@@ -62,13 +58,12 @@ def chunks(x: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 def forward_rates(forward: Callable[[torch.Tensor], object], row_shape: Sequence[int],
                   sizes: Sequence[int] = SWEEP_SIZES, min_seconds: float = 0.05, max_call_seconds: float = 0.5,
-                  device: torch.device | str = "cpu", patience: int = 2, stop_below: float = 0.8) -> dict[int, float]:
+                  device: torch.device | str = "cpu", patience: int = 2) -> dict[int, float]:
     """Rows per second of ``forward`` at each batch size (ascending), on seeded uniform inputs.
 
     Each size gets one warm-up call, then calls until ``min_seconds`` have passed. The sweep stops
-    after ``patience`` sizes in a row below ``stop_below`` x the best rate so far (0.8: past the peak;
-    above 1: once bigger batches stop paying, as :func:`forward_choice` uses it), or once one call
-    takes longer than ``max_call_seconds``. Uses a private generator: the global RNG is left alone."""
+    after ``patience`` sizes in a row below 0.8x the best rate (past the peak), or once one call takes
+    longer than ``max_call_seconds``. Uses a private generator: the global RNG is left alone."""
     gen = torch.Generator().manual_seed(0)
     rates: dict[int, float] = {}
     worse = 0
@@ -84,8 +79,7 @@ def forward_rates(forward: Callable[[torch.Tensor], object], row_shape: Sequence
                 break
         _sync(device)
         rates[size] = calls * size / (time.perf_counter() - start)
-        best_before = max((r for b, r in rates.items() if b != size), default=0.0)
-        worse = worse + 1 if best_before and rates[size] < stop_below * best_before else 0
+        worse = worse + 1 if rates[size] < 0.8 * max(rates.values()) else 0
         if worse >= patience or elapsed / calls > max_call_seconds:
             break
     return rates
@@ -233,7 +227,7 @@ def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[i
         return choice
     with eval_mode(model), torch.inference_mode():
         if choice is None:
-            rates = forward_rates(model, row_shape, sizes, device=device, stop_below=SWEEP_GAIN)
+            rates = forward_rates(model, row_shape, sizes, device=device)
             choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates)
         if want_layout:
             x = torch.rand(choice.batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
