@@ -94,36 +94,50 @@ def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[i
     return result, forward_choice(target, x.shape[1:])  # cached: the choice the run used
 
 
-def run_foolbox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
+def peer_steps(budgets: list[int]) -> int:
+    """HSJA iterations the peers get: sum_{t<=T} 100 sqrt(t) + ~40 per step passes the largest budget."""
+    return next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
+
+
+def foolbox_hsja(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[Counting, float]:
+    """foolbox's HSJA from :func:`starts_for`: its counting wrapper (distances per budget) and seconds."""
     import foolbox as fb
 
     wrapped = Counting(model, x, y, budgets).eval()
     device = model_device(model)
     fmodel = fb.PyTorchModel(wrapped, bounds=(0, 1), device=device)
-    # sum_{t<=T} 100 sqrt(t) + ~40 per step passes the largest budget for T below
-    steps = next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
-    attack = fb.attacks.HopSkipJumpAttack(steps=steps, initial_gradient_eval_steps=100, max_gradient_eval_steps=10_000,
-                                          gamma=1.0, constraint="l2")
+    attack = fb.attacks.HopSkipJumpAttack(steps=peer_steps(budgets), initial_gradient_eval_steps=100,
+                                          max_gradient_eval_steps=10_000, gamma=1.0, constraint="l2")
     start = time.perf_counter()
     attack.run(fmodel, x.to(device), fb.criteria.Misclassification(y.to(device)), starting_points=starts_for(x, y).to(device))
-    return medians(wrapped.oracle), time.perf_counter() - start, wrapped.rows
+    return wrapped, time.perf_counter() - start
 
 
-def run_art(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
+def art_hsja(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[Counting, float]:
+    """ART's HSJA (one image at a time) from :func:`starts_for`: its counting wrapper and seconds."""
     from art.attacks.evasion import HopSkipJump as ArtHSJ
     from art.estimators.classification import PyTorchClassifier
 
     wrapped = Counting(model, x, y, budgets).eval()
     clf = PyTorchClassifier(model=wrapped, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=2,
                             clip_values=(0.0, 1.0), device_type="gpu" if model_device(model).type == "cuda" else "cpu")
-    steps = next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
-    attack = ArtHSJ(clf, norm=2, max_iter=steps, max_eval=10_000, init_eval=100, init_size=100, verbose=False)
+    attack = ArtHSJ(clf, norm=2, max_iter=peer_steps(budgets), max_eval=10_000, init_eval=100, init_size=100, verbose=False)
     start = time.perf_counter()
     starts = starts_for(x, y).numpy().astype(np.float32)
     for i in range(x.shape[0]):
         wrapped.current = i
         attack.generate(x[i:i + 1].numpy().astype(np.float32), x_adv_init=starts[i:i + 1])
-    return medians(wrapped.oracle), time.perf_counter() - start, wrapped.rows
+    return wrapped, time.perf_counter() - start
+
+
+def run_foolbox(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
+    wrapped, seconds = foolbox_hsja(model, x, y, budgets)
+    return medians(wrapped.oracle), seconds, wrapped.rows
+
+
+def run_art(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> tuple[list[float], float, int]:
+    wrapped, seconds = art_hsja(model, x, y, budgets)
+    return medians(wrapped.oracle), seconds, wrapped.rows
 
 
 def raw_forward(model: nn.Module, x: torch.Tensor) -> tuple[float, int, dict[int, float]]:
@@ -157,8 +171,8 @@ def load_target(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torc
     return model, x[idx], pred[idx]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """The options :func:`load_target` reads (a trained run, or a seeded random-init model) and ``--n-images``."""
     p.add_argument("--run", help="a trained run (default: a random-init --model at --size)")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--size", type=int, default=128)
@@ -166,6 +180,11 @@ def main() -> None:
     p.add_argument("--dataset", default="pneumoniamnist")
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--n-images", type=int, default=8)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_target_arguments(p)
     p.add_argument("--budgets", default="1000,2000,5000")
     p.add_argument("--peers", default="foolbox,art")
     p.add_argument("--path", default="default", help="ours' inference path: default, channels_last, bf16, compile (+)")

@@ -21,54 +21,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_hsja as bh  # noqa: E402  (the target, the start points and the counting wrapper)
+import bench_hsja as bh  # noqa: E402  (the target, its start points and the peers' HSJA runs)
 
 from medshield.attacks.decision import LabelOracle, model_label_fn  # noqa: E402
 from medshield.attacks.decision.hsja import HopSkipJump  # noqa: E402
 
 
-def peer_steps(budgets: list[int]) -> int:
-    """HSJA iterations that pass the largest budget (as bench_hsja gives the peers)."""
-    return next(t for t in range(1, 500) if sum(100 * (s**0.5) + 40 for s in range(1, t + 1)) > max(budgets))
-
-
-def run_foolbox(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor,
-                budgets: list[int]) -> list[list[float]]:
-    import foolbox as fb
-
-    wrapped = bh.Counting(model, x, y, budgets).eval()
-    attack = fb.attacks.HopSkipJumpAttack(steps=peer_steps(budgets), initial_gradient_eval_steps=100,
-                                          max_gradient_eval_steps=10_000, gamma=1.0, constraint="l2")
-    attack.run(fb.PyTorchModel(wrapped, bounds=(0, 1)), x, fb.criteria.Misclassification(y), starting_points=starts)
-    return [wrapped.oracle.best(b)[1].tolist() for b in budgets]
-
-
-def run_art(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor,
-            budgets: list[int]) -> list[list[float]]:
-    from art.attacks.evasion import HopSkipJump as ArtHSJ
-    from art.estimators.classification import PyTorchClassifier
-
-    wrapped = bh.Counting(model, x, y, budgets).eval()
-    clf = PyTorchClassifier(model=wrapped, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                            nb_classes=2, clip_values=(0.0, 1.0))
-    attack = ArtHSJ(clf, norm=2, max_iter=peer_steps(budgets), max_eval=10_000, init_eval=100, init_size=100,
-                    verbose=False)
-    s = starts.numpy().astype(np.float32)
-    for i in range(x.shape[0]):
-        wrapped.current = i
-        attack.generate(x[i:i + 1].numpy().astype(np.float32), x_adv_init=s[i:i + 1])
-    return [wrapped.oracle.best(b)[1].tolist() for b in budgets]
+def distances(oracle: LabelOracle, budgets: list[int]) -> list[list[float]]:
+    """Per budget, every image's closest adversarial L2 found within it."""
+    return [oracle.best(b)[1].tolist() for b in budgets]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", help="a trained run (default: a random-init --model at --size)")
-    p.add_argument("--model", default="resnet18")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--init-seed", type=int, default=2)
-    p.add_argument("--dataset", default="pneumoniamnist")
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--n-images", type=int, default=8)
+    bh.add_target_arguments(p)
     p.add_argument("--budgets", default="200")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--layout", default="frozen", choices=bh.LAYOUTS)
@@ -83,12 +49,12 @@ def main() -> None:
     for seed in range(args.seeds):
         oracle = LabelOracle(label_fn, x, y, budgets)
         HopSkipJump().run(oracle, torch.Generator().manual_seed(seed), starts=starts)
-        out["ours"].append([oracle.best(b)[1].tolist() for b in budgets])
+        out["ours"].append(distances(oracle, budgets))
         torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-        out["foolbox"].append(run_foolbox(model, x, y, starts, budgets))
+        out["foolbox"].append(distances(bh.foolbox_hsja(model, x, y, budgets)[0].oracle, budgets))
         if args.art:
             torch.manual_seed(seed), np.random.seed(seed)
-            out["art"].append(run_art(model, x, y, starts, budgets))
+            out["art"].append(distances(bh.art_hsja(model, x, y, budgets)[0].oracle, budgets))
         print(f"seed {seed}: " + "; ".join(f"{k} " + " ".join(f"{float(torch.tensor(v[-1][j]).median()):.4f}"
                                                             for j in range(len(budgets))) for k, v in out.items()),
               flush=True)

@@ -27,15 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from medshield.attacks import pgd  # noqa: E402
 from medshield.attacks.base import attack_loss  # noqa: E402
 from medshield.models import create_model  # noqa: E402
+from medshield.models.inference import synchronize  # noqa: E402
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 STEPS = 10  # --steps overrides
 OURS, FOOLBOX, ART, RAW = "medshield PGD", "foolbox 3.3.4 LinfPGD", "ART 1.20.1 PGD", "raw fwd+input-grad"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def best_times(rows: dict[str, Callable[[], object]], repeats: int, device: torch.device = torch.device("cpu")) -> dict[str, float]:
@@ -45,10 +41,10 @@ def best_times(rows: dict[str, Callable[[], object]], repeats: int, device: torc
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(repeats):
         for name, fn in rows.items():
-            sync(device)
+            synchronize(device)
             start = time.perf_counter()
             fn()
-            sync(device)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: min(t) for name, t in times.items()}
 

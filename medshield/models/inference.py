@@ -77,7 +77,7 @@ def forward_rates(forward: Callable[[torch.Tensor], object], row_shape: Sequence
             elapsed = time.perf_counter() - start
             if elapsed >= min_seconds:
                 break
-        _sync(device)
+        synchronize(device)
         rates[size] = calls * size / (time.perf_counter() - start)
         worse = worse + 1 if rates[size] < 0.8 * max(rates.values()) else 0
         if worse >= patience or elapsed / calls > max_call_seconds:
@@ -85,9 +85,11 @@ def forward_rates(forward: Callable[[torch.Tensor], object], row_shape: Sequence
     return rates
 
 
-def _sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU. Timings end with it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ def _layout_rates(forwards: dict[str, Callable[[torch.Tensor], object]], x: torc
             while time.perf_counter() - start < min_seconds or calls == 0:
                 fwd(x)
                 calls += 1
-            _sync(device)
+            synchronize(device)
             best[name] = max(best[name], calls * x.shape[0] / (time.perf_counter() - start))
     return best
 
