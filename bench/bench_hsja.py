@@ -91,7 +91,8 @@ def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[i
     start = time.perf_counter()
     HopSkipJump().run(oracle, torch.Generator().manual_seed(0), starts=starts_for(x, y))
     result = medians(oracle), time.perf_counter() - start, int(oracle.queries.sum())
-    return result, forward_choice(target, x.shape[1:])  # cached: the choice the run used
+    pinned = layout if layout in ("channels_last", "frozen") else "contiguous"
+    return result, forward_choice(target, x.shape[1:], path=pinned)  # cached: the choice the run used
 
 
 def peer_steps(budgets: list[int]) -> int:

@@ -6,7 +6,8 @@ points and budgets, so a low-budget difference can be told apart from one seed's
 
 Seed s drives ours' generator and foolbox's (torch's global RNG) and ART's (NumPy's). Prints each seed's
 median per implementation, then the mean of the medians and the geometric mean over all (seed, image)
-distances; ``--json`` keeps every distance (``{impl: [seed][budget][image]}``).
+distances; ``--json`` keeps every distance (``{impl: [seed][budget][image]}``). ``--first-steps 1,0.35``
+also runs ours with a shorter first HSJA step (the low-budget trade-off in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,19 +40,26 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--layout", default="frozen", choices=bh.LAYOUTS)
     p.add_argument("--art", action="store_true", help="also ART (slowest: one image at a time)")
+    p.add_argument("--no-foolbox", action="store_true", help="ours only (with --first-steps: the trade-off alone)")
+    p.add_argument("--first-steps", default="1", help="ours' HopSkipJump(first_step=...) values, comma-separated; "
+                   "1 (the paper's) is 'ours', others 'ours_first_step_<v>'")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     model, x, y = bh.load_target(args)
     starts = bh.starts_for(x, y)
     label_fn = model_label_fn(model, layout=args.layout)
-    out: dict[str, list] = {"ours": [], "foolbox": []} | ({"art": []} if args.art else {})
+    steps = {("ours" if v == 1 else f"ours_first_step_{v:g}"): v for v in map(float, args.first_steps.split(","))}
+    out: dict[str, list] = {name: [] for name in steps} | ({} if args.no_foolbox else {"foolbox": []}) \
+        | ({"art": []} if args.art else {})
     for seed in range(args.seeds):
-        oracle = LabelOracle(label_fn, x, y, budgets)
-        HopSkipJump().run(oracle, torch.Generator().manual_seed(seed), starts=starts)
-        out["ours"].append(distances(oracle, budgets))
-        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-        out["foolbox"].append(distances(bh.foolbox_hsja(model, x, y, budgets)[0].oracle, budgets))
+        for name, first_step in steps.items():
+            oracle = LabelOracle(label_fn, x, y, budgets)
+            HopSkipJump(first_step=first_step).run(oracle, torch.Generator().manual_seed(seed), starts=starts)
+            out[name].append(distances(oracle, budgets))
+        if not args.no_foolbox:
+            torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+            out["foolbox"].append(distances(bh.foolbox_hsja(model, x, y, budgets)[0].oracle, budgets))
         if args.art:
             torch.manual_seed(seed), np.random.seed(seed)
             out["art"].append(distances(bh.art_hsja(model, x, y, budgets)[0].oracle, budgets))

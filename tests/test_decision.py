@@ -91,6 +91,28 @@ def test_hsja_converges_to_hyperplane_distance(name: str) -> None:
     assert (rel >= 1 - 1e-4).all() and (rel <= 1.05).all(), rel
 
 
+def test_first_step_scales_only_the_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``first_step`` shortens the first iteration's step-size search start and leaves the later ones
+    (``dist / sqrt(t)``) alone; the default is the paper's full first step."""
+    from medshield.attacks.decision.hsja import HopSkipJump
+
+    model, x, y = Linear(torch.ones(1, 4, 4), -8.0), torch.full((2, 1, 4, 4), 0.25), torch.zeros(2, dtype=torch.long)
+    starts: dict[float, list[torch.Tensor]] = {}
+    for scale in (1.0, 0.25):
+        seen = starts.setdefault(scale, [])
+        step = HopSkipJump.step
+
+        def record(self, oracle, idx, x0, x_adv, grad, epsilon, theta, step=step, seen=seen):  # noqa: ANN001, ANN202
+            seen.append(epsilon / (x_adv - x0).flatten(1).norm(dim=1))
+            return step(self, oracle, idx, x0, x_adv, grad, epsilon, theta)
+
+        monkeypatch.setattr(HopSkipJump, "step", record)
+        HopSkipJump(first_step=scale)(model_label_fn(model), x, y, [400], seed=0)
+        monkeypatch.undo()
+    assert torch.allclose(starts[1.0][0], torch.ones(2)) and torch.allclose(starts[0.25][0], torch.full((2,), 0.25))
+    assert torch.allclose(starts[0.25][1], torch.full((2,), 2**-0.5)) and torch.allclose(starts[1.0][1], torch.full((2,), 2**-0.5))
+
+
 def test_targeted_and_linf_hsja() -> None:
     model = tiny_model(num_classes=3, seed=2)
     x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * torch.linspace(0, 1, 30).view(-1, 1, 1, 1)
@@ -126,3 +148,5 @@ def test_bad_arguments() -> None:
         DECISION_ATTACKS.create("opt", norm="linf")
     with pytest.raises(ValueError):
         DECISION_ATTACKS.create("hsja", gamma=0)
+    with pytest.raises(ValueError, match="first_step"):
+        DECISION_ATTACKS.create("hsja", first_step=0)

@@ -190,6 +190,27 @@ def test_frozen_graph_is_pinned_only() -> None:
         inf.path_forward(model, "fast")
 
 
+def test_a_pinned_path_gets_its_own_batch_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A label function pinned to the frozen graph sweeps the batch size on that graph (its best batch
+    differs from the module's), through the instance it answers with, cached apart from the module's
+    choice; its labels are unchanged."""
+    import medshield.models.inference as inf
+
+    model = tiny_model(in_channels=3, seed=6)
+    swept: list[object] = []
+    sweep = inf.forward_rates
+    monkeypatch.setattr(inf, "forward_rates", lambda fwd, *a, **k: (swept.append(fwd), sweep(fwd, *a, **k))[1])
+    x = torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    labels = model_label_fn(model, layout="frozen")(x)
+    assert len(swept) == 1 and isinstance(swept[0], inf.Frozen)
+    choice = inf.forward_choice(model, (3, 16, 16), path="frozen")
+    assert choice.swept == choice.layout == "frozen" and choice.record()["swept"] == "frozen" and not choice.layout_tried
+    assert inf.forward_choice(model, (3, 16, 16), layouts=False).swept == "contiguous" and swept[-1] is model
+    assert torch.equal(labels, model_label_fn(model, 4096)(x))
+    with pytest.raises(ValueError, match="forward path"):
+        inf.forward_choice(model, (3, 16, 16), path="fast")
+
+
 class _LayoutSensitive(torch.nn.Module):
     """A classifier whose label depends on the memory layout (stands in for a kernel that rounds differently)."""
 

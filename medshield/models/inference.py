@@ -94,14 +94,16 @@ def synchronize(device: torch.device | str) -> None:
 
 @dataclass(frozen=True)
 class ForwardChoice:
-    """How a local model answers fastest, as measured: the forward batch size (contiguous sweep), and
-    whether channels-last beat contiguous at that batch with identical labels on the probe batch."""
+    """How a local model answers fastest, as measured: the forward batch size (a sweep of the ``swept``
+    path's forward: contiguous unless the caller pinned a path), and whether channels-last beat
+    contiguous at that batch with identical labels on the probe batch."""
 
     batch: int
     channels_last: bool = False
-    rates: dict[int, float] = field(default_factory=dict)  # rows/s per batch size (contiguous)
+    rates: dict[int, float] = field(default_factory=dict)  # rows/s per batch size (of the swept path)
     layout_rates: dict[str, float] = field(default_factory=dict)  # rows/s at ``batch``: contiguous, channels_last
     labels_identical: bool | None = None  # channels-last vs contiguous on the probe; None: not tried
+    swept: str = "contiguous"  # the forward path the batch sweep timed (one of PATHS)
 
     @property
     def layout_tried(self) -> bool:
@@ -109,12 +111,14 @@ class ForwardChoice:
 
     @property
     def layout(self) -> str:
+        if self.swept != "contiguous":
+            return self.swept
         return "channels_last" if self.channels_last else "contiguous"
 
     def record(self) -> dict[str, object]:
         """The choice as a JSON record (bench output, logs)."""
         return {"batch": self.batch, "layout": self.layout, "layout_rates": self.layout_rates,
-                "labels_identical": self.labels_identical}
+                "labels_identical": self.labels_identical, "swept": self.swept}
 
 
 _BEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple, ForwardChoice]] = weakref.WeakKeyDictionary()
@@ -213,24 +217,32 @@ def _choose_layout(model: nn.Module, x: torch.Tensor, probe: torch.Tensor | None
 
 
 def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[int] = SWEEP_SIZES,
-                   probe: torch.Tensor | None = None, layouts: bool = True) -> ForwardChoice:
+                   probe: torch.Tensor | None = None, layouts: bool = True, path: str = "contiguous",
+                   forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ForwardChoice:
     """The fastest forward of ``model`` (eval mode, inference mode) for rows of ``row_shape``: the batch
     size from a contiguous sweep, then (``layouts``) channels-last vs contiguous timed at that batch
     (interleaved, best of 3); channels-last is kept only if it is :data:`LAYOUT_MARGIN` faster and gives
     the same label as contiguous on every row of the probe batch (the sweep's seeded batch plus
-    ``probe``, e.g. the caller's first queries). Measured once per (model, row shape, thread count,
-    device), cached for the model's lifetime, and logged."""
+    ``probe``, e.g. the caller's first queries). A caller that pins ``path`` (channels_last or frozen:
+    their best batch differs from the module's; ResNet-18's frozen graph at 128 px peaks at 16 rows, the
+    module at 8) gets the batch from a sweep of that path's ``forward`` (its own instance, or a new
+    one) and no layout comparison. Measured once per (model, row shape, thread count, device, path),
+    cached for the model's lifetime, and logged."""
+    if path not in PATHS:
+        raise ValueError(f"forward path must be one of {', '.join(PATHS)}, got {path!r}")
     device = model_device(model)
-    key = (tuple(row_shape), torch.get_num_threads(), str(device))
+    key = (tuple(row_shape), torch.get_num_threads(), str(device), path)
     cache = _BEST.setdefault(model, {})
     choice = cache.get(key)
-    want_layout = layouts and (choice is None or not choice.layout_tried) and can_use_channels_last(model, row_shape)
+    want_layout = (layouts and path == "contiguous" and (choice is None or not choice.layout_tried)
+                   and can_use_channels_last(model, row_shape))
     if choice is not None and not want_layout:
         return choice
     with eval_mode(model), torch.inference_mode():
         if choice is None:
-            rates = forward_rates(model, row_shape, sizes, device=device)
-            choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates)
+            swept = model if path == "contiguous" else forward or path_forward(model, path)
+            rates = forward_rates(swept, row_shape, sizes, device=device)
+            choice = ForwardChoice(max(rates, key=rates.__getitem__), rates=rates, swept=path)
         if want_layout:
             x = torch.rand(choice.batch, *row_shape, generator=torch.Generator().manual_seed(1)).to(device)
             cl, layout_rates, same = _choose_layout(model, x, probe, device)

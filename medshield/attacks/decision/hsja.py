@@ -34,6 +34,12 @@ class HopSkipJump(DecisionAttack):
     samples (capped at ``max_evals``) at radius ``delta``; a geometric step-size search from
     ``||x_adv - x|| / sqrt(t)``; a binary search back to the boundary (tolerance ``theta``).
 
+    ``first_step`` scales the first iteration's step (1.0, the paper's, by default). With a poor first
+    gradient estimate (100 probes in 16,384 pixels) a shorter first step ends closer, but later
+    iterations then start from smaller steps and progress more slowly: on ResNet-18 at 128 px, 8 images,
+    3 seeds, ``first_step=0.35`` gave a mean median L2 of 5.05 vs 6.13 at 200 queries, but 2.83 vs 2.29
+    at 500 and 1.33 vs 1.14 at 1,000 (measured). Use it only where the budget is about one iteration.
+
     Example:
         attack = HopSkipJump(norm="l2")
         results = attack(model_label_fn(model), images, labels, budgets=[1000, 5000], seed=0)
@@ -42,9 +48,12 @@ class HopSkipJump(DecisionAttack):
 
     def __init__(self, *, norm: Norm | str = Norm.L2, gamma: float = 1.0, init_evals: int = 100,
                  max_evals: int = 10_000, max_step_halvings: int = 25, max_rows: int = 32_768,
-                 min_theta: float | None = None) -> None:
+                 min_theta: float | None = None, first_step: float = 1.0) -> None:
         if gamma <= 0 or init_evals < 1 or max_evals < init_evals or (min_theta is not None and min_theta < 0):
             raise ValueError("need gamma > 0, 1 <= init_evals <= max_evals and min_theta >= 0")
+        if not 0 < first_step <= 1:
+            raise ValueError(f"first_step must be in (0, 1], got {first_step}")
+        self.first_step = first_step
         self.norm = Norm.parse(norm)
         self.min_theta = MIN_THETA[self.norm] if min_theta is None else min_theta
         self.gamma, self.init_evals, self.max_evals = gamma, init_evals, max_evals
@@ -77,7 +86,8 @@ class HopSkipJump(DecisionAttack):
             n_evals = min(int(self.init_evals * math.sqrt(t)), self.max_evals)
             grad = self.estimate_gradient(oracle, idx, xa, delta, n_evals, generator)
             grad = self.adjust_gradient(grad, x0, xa)
-            x_adv[idx] = self.step(oracle, idx, x0, xa, grad, dist / math.sqrt(t), theta)
+            epsilon = dist * self.first_step if t == 1 else dist / math.sqrt(t)
+            x_adv[idx] = self.step(oracle, idx, x0, xa, grad, epsilon, theta)
             delta_dist[idx] = distance(x_adv[idx], x0, self.norm)
             if progress:
                 progress(oracle)

@@ -62,9 +62,10 @@ def model_label_fn(model: nn.Module, batch_size: int | None = None, layout: str 
             parts = x.split(fixed) if stochastic or remote else chunks(x, fixed)
             forward = forward_for(pinned if x.ndim == 4 else "contiguous")
         else:
-            choice = forward_choice(model, x.shape[1:], probe=x[:256], layouts=layout == "auto")
-            path = choice.layout if layout == "auto" else pinned if x.ndim == 4 else "contiguous"
-            forward, parts = forward_for(path), chunks(x, choice.batch)
+            path = pinned if layout != "auto" and x.ndim == 4 else "contiguous"
+            choice = forward_choice(model, x.shape[1:], probe=x[:256], layouts=layout == "auto", path=path,
+                                    forward=None if path == "contiguous" else forward_for(path))
+            forward, parts = forward_for(choice.layout if layout == "auto" else path), chunks(x, choice.batch)
         with eval_mode(model), torch.inference_mode():
             out = [predict_labels(forward(chunk.to(device))).cpu() for chunk in parts]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
