@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,27 @@ def test_nothing_to_run_starts_no_executor(tmp_path: Path, monkeypatch: pytest.M
     assert run_jobs([], store, executor="ray", workers=2) == []
     run_jobs(JOBS, store)
     assert [r["y"] for r in run_jobs(JOBS, store, executor="ray", workers=2)] == [0, 1, 4, 9]
+
+
+@pytest.mark.parametrize(("preset", "address", "seen"), [(None, None, "token"), ("disabled", None, "disabled"),
+                                                         (None, "10.0.0.1:6379", None)])
+def test_local_ray_asks_for_token_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, preset: str | None,
+                                       address: str | None, seen: str | None) -> None:
+    """A local Ray cluster starts with token authentication asked for explicitly (what Ray does by
+    default, minus its warning on every start); a user's RAY_AUTH_MODE and a remote cluster's own
+    settings are left alone."""
+    import os
+
+    import medshield.evaluation.executor as ex
+
+    modes: list[str | None] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, shutdown=lambda: None,
+                                 init=lambda **kw: modes.append(os.environ.get("RAY_AUTH_MODE")),
+                                 remote=lambda **kw: (_ for _ in ()).throw(RuntimeError("stop here")))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    if preset:
+        monkeypatch.setenv("RAY_AUTH_MODE", preset)
+    with pytest.raises(RuntimeError, match="stop here"):
+        ex._run_ray(JOBS, RecordStore(tmp_path / "s.json"), 2, address, lambda *a, **k: None)
+    assert modes == [seen]

@@ -140,6 +140,9 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
     elif started:  # a local instance on loopback only; workers see this process's import path
         import sys
 
+        # Ray enables token authentication for a new local cluster anyway, with a warning on every start;
+        # asking for it explicitly keeps it without the warning (a user's own RAY_AUTH_MODE wins).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:

@@ -113,14 +113,14 @@ class HopSkipJump(DecisionAttack):
             xa = x_adv[rows]
             shape = (rows.numel(), n_evals, *xa.shape[1:])
             rv = self.directions(oracle, idx[rows], xa, n_evals, generator).view(shape)
-            d = delta[rows].view(-1, 1, *([1] * (xa.ndim - 1)))
-            perturbed = (xa.unsqueeze(1) + d * rv).clamp(0, 1)
-            rv = (perturbed - xa.unsqueeze(1)) / d
+            d, base = delta[rows].view(-1, 1, *([1] * (xa.ndim - 1))), xa.unsqueeze(1)
+            perturbed = rv.mul_(d).add_(base).clamp_(0, 1)  # in place (the directions are fresh): x_adv + delta u
             sign = oracle.query(idx[rows].repeat_interleave(n_evals), perturbed.flatten(0, 1)).view(rows.numel(), n_evals)
+            rv = (perturbed - base).div_(d)  # the clipped probes' directions
             fval = sign.float() * 2 - 1
             mean = fval.mean(dim=1, keepdim=True)
             centred = torch.where(mean.abs() == 1, fval, fval - mean)
-            grads.append(unit((centred.view(*centred.shape, *([1] * (xa.ndim - 1))) * rv).mean(dim=1)))
+            grads.append(unit(rv.mul_(centred.view(*centred.shape, *([1] * (xa.ndim - 1)))).mean(dim=1)))
         return torch.cat(grads)
 
     def directions(self, oracle: LabelOracle, idx: torch.Tensor, x_adv: torch.Tensor, n_evals: int,
@@ -129,7 +129,7 @@ class HopSkipJump(DecisionAttack):
         row-major): Gaussian (L2) or uniform in the cube (L-inf), as the paper. QEBA overrides this."""
         shape = (x_adv.shape[0] * n_evals, *x_adv.shape[1:])
         rv = torch.randn(shape, generator=generator) if self.norm == Norm.L2 else torch.rand(shape, generator=generator) * 2 - 1
-        return rv / flat_norm(rv)
+        return rv.div_(flat_norm(rv))
 
     def step_size_search(self, oracle: LabelOracle, idx: torch.Tensor, x_adv: torch.Tensor, update: torch.Tensor,
                          epsilon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
