@@ -8,9 +8,11 @@ results are identical whichever executor ran them. Finished jobs are kept in a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +130,26 @@ def ray_options(gpus: float) -> dict[str, float]:
     return {"num_cpus": 1, **({"num_gpus": gpus} if gpus else {})}
 
 
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet_token_auth_notice() -> Iterator[None]:
+    """Ray turns token authentication on for a new local cluster and logs a warning saying so on every
+    start; the local cluster is ours (loopback only, authenticated), so the notice is held back. Ray's
+    other warnings, and the one saying authentication is *off* (RAY_AUTH_MODE=disabled), still show."""
+    notice = logging.getLogger(RAY_AUTH_LOGGER)
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+    notice.addFilter(drop)
+    try:
+        yield
+    finally:
+        notice.removeFilter(drop)
+
+
 def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | None, advance: Callable[..., None],
              threads: int | None = None, gpus: float = 0) -> None:
     try:
@@ -140,11 +162,9 @@ def _run_ray(todo: list[Job], store: RecordStore, workers: int, address: str | N
     elif started:  # a local instance on loopback only; workers see this process's import path
         import sys
 
-        # Ray enables token authentication for a new local cluster anyway, with a warning on every start;
-        # asking for it explicitly keeps it without the warning (a user's own RAY_AUTH_MODE wins).
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+        with _quiet_token_auth_notice():
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                     runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
         remote = ray.remote(**ray_options(gpus))(run_job)
         threads = threads or (1 if address else _threads_per_worker(workers))
