@@ -91,8 +91,8 @@ def run_ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, budgets: list[i
     start = time.perf_counter()
     HopSkipJump().run(oracle, torch.Generator().manual_seed(0), starts=starts_for(x, y))
     result = medians(oracle), time.perf_counter() - start, int(oracle.queries.sum())
-    pinned = layout if layout in ("channels_last", "frozen") else "contiguous"
-    return result, forward_choice(target, x.shape[1:], path=pinned)  # cached: the choice the run used
+    path = "contiguous" if layout == "auto" else layout
+    return result, forward_choice(target, x.shape[1:], path=path)  # cached: the choice the run used
 
 
 def peer_steps(budgets: list[int]) -> int:

@@ -74,7 +74,6 @@ def test_nothing_to_run_starts_no_executor(tmp_path: Path, monkeypatch: pytest.M
     assert [r["y"] for r in run_jobs(JOBS, store, executor="ray", workers=2)] == [0, 1, 4, 9]
 
 
-
 def test_local_ray_start_holds_back_only_the_auth_enabled_notice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Starting the local cluster drops Ray's "token authentication is enabled" notice (printed on every
     start) and nothing else: a notice that authentication is off, or any other warning, still shows."""

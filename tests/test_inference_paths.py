@@ -205,6 +205,7 @@ def test_a_pinned_path_gets_its_own_batch_sweep(monkeypatch: pytest.MonkeyPatch)
     assert len(swept) == 1 and isinstance(swept[0], inf.Frozen)
     choice = inf.forward_choice(model, (3, 16, 16), path="frozen")
     assert choice.swept == choice.layout == "frozen" and choice.record()["swept"] == "frozen" and not choice.layout_tried
+    assert isinstance(inf.fast_forward(model, choice), inf.Frozen)  # the swept path, not the plain module
     assert inf.forward_choice(model, (3, 16, 16), layouts=False).swept == "contiguous" and swept[-1] is model
     assert torch.equal(labels, model_label_fn(model, 4096)(x))
     with pytest.raises(ValueError, match="forward path"):

@@ -258,8 +258,8 @@ def best_batch_size(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[
 
 
 def fast_forward(model: nn.Module, choice: ForwardChoice) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward in the layout ``choice`` picked."""
-    return ChannelsLast(model) if choice.channels_last else model
+    """``model``'s forward in the layout ``choice`` picked (or the pinned path it swept)."""
+    return path_forward(model, choice.layout)
 
 
 def sends_queries(model: nn.Module) -> bool:
