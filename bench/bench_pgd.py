@@ -6,9 +6,11 @@ input-gradient floor) and raw_batch (the batch all rows use):
 
     OMP_NUM_THREADS=1 python bench/bench_pgd.py --model smallcnn --batch 128 --repeats 3
     OMP_NUM_THREADS=1 python bench/bench_pgd.py --model resnet50 --size 224 --channels 3 --batch 4 --steps 3 --repeats 2 --json pgd224.json
+    OMP_NUM_THREADS=1 python bench/bench_pgd.py --model densenet121 --size 224 --channels 3 --batch 4 --steps 5 --repeats 2
     python bench/bench_pgd.py --model resnet50 --size 224 --channels 3 --batch 64 --device cuda --json pgd224_gpu.json
 
-On a GPU every row is timed up to ``torch.cuda.synchronize()``, so queued kernels count.
+On a GPU every row is timed up to ``torch.cuda.synchronize()``, so queued kernels count. APGD-CE has its own
+benchmark (vs torchattacks, ART and pyautoattack): ``bench/bench_apgd.py``.
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = create_model(name=args.model, in_channels=args.channels, num_classes=2, image_size=args.size).eval().to(device)
     x = torch.rand(args.batch, args.channels, args.size, args.size).to(device)
-    y = torch.randint(0, 2, (args.batch,)).to(device)
+    with torch.no_grad():  # the model's own labels, as bench_apgd: every image starts correctly classified
+        y = model(x).argmax(1)
     attack = pgd(steps=STEPS)
     gen = torch.Generator().manual_seed(0)
     rows = {RAW: lambda: raw_passes(model, x, y),

@@ -5,7 +5,8 @@
 #      foolbox and ART, median L2 per budget;
 #   3. bench_ray_shards: one black-box job sharded by image, 1 vs 2 Ray workers sharing the GPU (gpus_per_job 0.5);
 #   4. thesis scale: HSJA / GBBA / OPT at 20K queries per image on a ResNet-50 trained at 224 px on the Kermany chest
-#      X-rays, with its wall time (BB_N images; the 50-image wall time is BB_N's scaled, and says so).
+#      X-rays, with its wall time (BB_N images; the 50-image wall time is BB_N's scaled, and says so);
+#   5. bench_apgd at 224 px, ResNet-50: APGD-CE vs its floor, torchattacks and ART (if time is left).
 # Steps run in priority order and are skipped when the time left (BUDGET_S) is too short; every step's JSON and
 # log are packed into $OUT/results.tar.gz after each step, so a killed run still returns what it finished.
 # Usage: bash bench/gpu_carry.sh here (fills .whl/ and .gpu_data/), then one device run with carry [".whl", ".gpu_data"]:
@@ -44,4 +45,5 @@ fi
 step train_cx 60 180 $(ms train --dataset chest_xray --data-dir "$DATA" $CX --epochs "$EP" --device "$DEV" --out "$RUNS/cx")
 step thesis_bb 60 300 /usr/bin/time -v $(ms blackbox --run "$RUNS/cx" --data-dir "$DATA" --attacks hsja,gbba,opt \
      --budgets "$BB_BUDGETS" --n-images "$BB_N" --device "$DEV" --out "$RUNS/thesis_bb")
+step apgd224 30 120 $PY bench/bench_apgd.py $PGD --device "$DEV" --json "$RUNS/apgd224.json"
 pack; ls -la "$OUT"
