@@ -82,7 +82,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "attacks": rows, "projected_thesis_hours": total, "images": x.shape[0], "image_shape": list(x.shape[1:]),
             "budgets": budgets, "thesis_images": THESIS_IMAGES, "thesis_queries": THESIS_QUERIES,
-            "model": args.run or args.model, "layout": args.layout, "device": args.device, "threads": torch.get_num_threads(),
+            "model": args.run or args.model, "init_seed": None if args.run else args.init_seed, "layout": args.layout,
+            "device": args.device, "threads": torch.get_num_threads(),
             "load_avg": os.getloadavg()[0]}, indent=2))
 
 
