@@ -32,12 +32,12 @@ from bench_hsja import add_target_arguments, load_target, starts_for  # noqa: E4
 
 from medshield.models.inference import LAYOUTS  # noqa: E402
 
-from medshield.attacks.decision import DECISION_ATTACKS, LabelOracle, model_label_fn  # noqa: E402
+from medshield.attacks.decision import DECISION_ATTACKS, LabelFn, LabelOracle, model_label_fn  # noqa: E402
 
 THESIS_IMAGES, THESIS_QUERIES = 50, 20_000
 
 
-def time_attack(name: str, label_fn: object, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> dict:
+def time_attack(name: str, label_fn: LabelFn, x: torch.Tensor, y: torch.Tensor, budgets: list[int]) -> dict:
     """One attack on every image from :func:`starts_for`: wall seconds, queries, median L2 per budget."""
     oracle = LabelOracle(label_fn, x, y, budgets)
     start = time.perf_counter()

@@ -175,10 +175,16 @@ class Frozen:
         return self._graph(x)
 
 
-def path_forward(model: nn.Module, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model``'s forward through one of :data:`PATHS`."""
+def check_path(path: str) -> str:
+    """``path`` if it is one of :data:`PATHS`, else a one-line ValueError."""
     if path not in PATHS:
         raise ValueError(f"forward path must be one of {', '.join(PATHS)}, got {path!r}")
+    return path
+
+
+def path_forward(model: nn.Module, path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward through one of :data:`PATHS`."""
+    check_path(path)
     return ChannelsLast(model) if path == "channels_last" else Frozen(model) if path == "frozen" else model
 
 
@@ -228,8 +234,7 @@ def forward_choice(model: nn.Module, row_shape: Sequence[int], sizes: Sequence[i
     module at 8) gets the batch from a sweep of that path's ``forward`` (its own instance, or a new
     one) and no layout comparison. Measured once per (model, row shape, thread count, device, path),
     cached for the model's lifetime, and logged."""
-    if path not in PATHS:
-        raise ValueError(f"forward path must be one of {', '.join(PATHS)}, got {path!r}")
+    check_path(path)
     device = model_device(model)
     key = (tuple(row_shape), torch.get_num_threads(), str(device), path)
     cache = _BEST.setdefault(model, {})
